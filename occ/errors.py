@@ -1,0 +1,47 @@
+"""One exception root for OCC. Leaves carry the data needed to act on them and also subclass the stdlib type
+that fits, so callers can catch either."""
+
+from __future__ import annotations
+
+
+class OccError(Exception):
+    """Root of every error raised on purpose by OCC."""
+
+
+class ConfigError(OccError, ValueError):
+    """A configuration, device, catalog or rule file is invalid; the whole file is rejected."""
+
+    def __init__(self, reason: str, *, path: str | None = None, line: int | None = None) -> None:
+        self.reason = reason
+        self.path = path
+        self.line = line
+        where = path or "<config>"
+        if line is not None:
+            where = f"{where}:{line}"
+        super().__init__(f"{where}: {reason}")
+
+
+class DecodeError(OccError, ValueError):
+    """A message could not be turned into readings; `reason` is what the dead-letter row records."""
+
+    def __init__(self, reason: str, *, topic: str | None = None) -> None:
+        self.reason = reason
+        self.topic = topic
+        super().__init__(reason)
+
+
+class StoreUnavailable(OccError, ConnectionError):
+    """The database cannot be reached right now; callers keep their data and retry."""
+
+
+class ServiceError(OccError, RuntimeError):
+    """A supervised service or embedded server could not start or stopped unexpectedly."""
+
+
+class AlreadyRunning(ServiceError):
+    """Another `occ up` already owns this var directory."""
+
+    def __init__(self, pid: int, lock_path: str) -> None:
+        self.pid = pid
+        self.lock_path = lock_path
+        super().__init__(f"occ up is already running (pid {pid}, lock {lock_path})")
