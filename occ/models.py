@@ -18,7 +18,7 @@ from occ.errors import DecodeError
 DeviceId = NewType("DeviceId", str)
 MetricName = NewType("MetricName", str)
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 CHANNELS = ("telemetry", "event", "status")
 Channel = Literal["telemetry", "event", "status"]
 
@@ -73,9 +73,9 @@ class Topic:
         if len(parts) != 3:
             raise DecodeError("topic must be {prefix}/{kind}/{device_id}/{channel}", topic=topic)
         kind, device_id, channel = parts
-        if not ID_PATTERN.match(kind):
+        if not ID_PATTERN.fullmatch(kind):
             raise DecodeError(f"invalid kind {kind!r} in topic", topic=topic)
-        if not ID_PATTERN.match(device_id):
+        if not ID_PATTERN.fullmatch(device_id):
             raise DecodeError(f"invalid device id {device_id!r} in topic", topic=topic)
         if channel not in CHANNELS:
             raise DecodeError(f"unknown channel {channel!r} (expected telemetry, event or status)", topic=topic)

@@ -1,0 +1,1 @@
+"""MQTT → PostgreSQL ingest: loss-free (ack after commit), idempotent, batched with COPY, bounded."""

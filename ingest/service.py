@@ -1,0 +1,423 @@
+"""The ingest service: MQTT (QoS 1, persistent session, shared subscription) → decode → COPY → ack.
+
+Pipeline, all on one asyncio loop:
+
+    socket ─▶ paho (buffered reads) ─▶ Batcher ─▶ decode ─▶ write queue (2) ─▶ Store.write_batch ─▶ ack
+
+* Nothing lost: a message is acknowledged only after the transaction holding its readings (or its dead
+  letter) commits. If the process dies, the broker redelivers what was not acknowledged.
+* Nothing duplicated: writes are idempotent on (device, metric, ts), so redelivery is harmless.
+* Bounded: at most `max_unacked` messages are held; at the bound the socket is no longer read, so TCP
+  backpressure holds the broker (whose queues are configured to queue, not drop). Acks still go out.
+* Database down: the batch in hand is retried with capped exponential backoff; reading stops at the bound;
+  the MQTT connection stays up; on recovery everything held is written and acknowledged in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+
+from ingest.batcher import Batcher
+from occ.bus import Delivery, MqttClient
+from occ.catalog import Catalog
+from occ.codecs import Decoder
+from occ.config import Config
+from occ.errors import StoreUnavailable
+from occ.http import start_health_server
+from occ.metrics import Registry
+from occ.models import DeadLetter, Event, ReadingRow, StatusChange
+from occ.store import Store
+
+log = logging.getLogger(__name__)
+
+REGISTRY_REFRESH_S = 30.0
+UNKNOWN_REFRESH_MIN_S = 1.0
+MAINTENANCE_EVERY_S = 300.0
+
+
+@dataclass(slots=True)
+class Inbound:
+    """One received MQTT message, as cheap to build as possible (this is per message)."""
+
+    topic: str
+    payload: bytes
+    received: float
+    delivery: Delivery | None
+
+
+@dataclass(slots=True)
+class DecodedBatch:
+    messages: list[Inbound]
+    rows: list[ReadingRow] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    statuses: list[StatusChange] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    unprovisioned: dict[str, str] = field(default_factory=dict)
+    reject_reasons: dict[str, int] = field(default_factory=dict)
+
+
+def _reason_class(reason: str) -> str:
+    """A bounded label for the dead-letter metric: the leading words of the reason, no ids or values."""
+    text = reason.split(": ", 1)[1] if reason.startswith(("record ", "device ", "SenML record ", "event ")) else reason
+    for key in ("unknown device", "malformed JSON", "non-finite", "exceeds the limit", "not valid UTF-8",
+                "in the future", "days old", "unknown metric", "not allowed for kind", "does not match",
+                "cannot be converted", "unknown unit", "expected a number", "no readings", "timestamp",
+                "status", "type"):
+        if key in text:
+            return key.replace(" ", "_")
+    return "other"
+
+
+class IngestMetrics:
+    def __init__(self, service: IngestService) -> None:
+        r = self.registry = Registry()
+        self.received = r.counter("occ_ingest_messages_received_total", "MQTT messages received")
+        self.acked = r.counter("occ_ingest_messages_acked_total", "Messages acknowledged after commit")
+        self.readings_written = r.counter("occ_ingest_readings_written_total", "Readings stored")
+        self.duplicates = r.counter("occ_ingest_readings_duplicate_total",
+                                    "Readings already stored (redelivery or device retry)")
+        self.events_written = r.counter("occ_ingest_events_written_total", "Device events stored")
+        self.dead_lettered = r.counter("occ_ingest_dead_letters_total",
+                                       "Messages (or parts) sent to dead letters, by reason", ["reason"])
+        self.batches = r.counter("occ_ingest_batches_total", "Batches committed")
+        self.write_retries = r.counter("occ_ingest_write_retries_total", "Batch writes retried (database down)")
+        self.batch_size = r.histogram("occ_ingest_batch_messages", "Messages per committed batch",
+                                      [1, 10, 100, 500, 1000, 2000, 5000, 10000])
+        self.latency = r.histogram("occ_ingest_receive_to_commit_seconds",
+                                   "From receiving a batch's oldest message to its commit",
+                                   [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30])
+        r.gauge("occ_ingest_unacked_messages", "Messages held, not yet acknowledged", fn=lambda: service.unacked)
+        r.gauge("occ_ingest_queue_limit", "Bound on unacknowledged messages", fn=lambda: service.max_unacked)
+        r.gauge("occ_ingest_reading_paused", "1 while the socket is not read (queue full)",
+                fn=lambda: float(service.bus.paused) if service.bus else 0.0)
+        r.gauge("occ_ingest_database_up", "1 when the last database operation succeeded",
+                fn=lambda: float(service.database_up))
+        r.gauge("occ_ingest_mqtt_connected", "1 while connected to the broker",
+                fn=lambda: float(bool(service.bus and service.bus.connected.is_set())))
+        r.gauge("occ_ingest_devices_known", "Devices in the registry", fn=lambda: len(service.devices))
+
+
+class IngestService:
+    def __init__(
+        self,
+        *,
+        mqtt_url: str,
+        database_url: str,
+        client_id: str = "occ-ingest",
+        share_group: str | None = "occ-ingest",
+        topic_prefix: str = "occ/v1",
+        batch_max: int = 5000,
+        linger_s: float = 0.01,
+        max_unacked: int = 50_000,
+        max_payload_bytes: int = 1_048_576,
+        max_future_s: float = 300,
+        max_past_s: float = 400 * 86400,
+        auto_register: bool = False,
+        local_tz: str = "Asia/Ho_Chi_Minh",
+        http_host: str = "127.0.0.1",
+        http_port: int | None = 9101,
+        retry_max_s: float = 30.0,
+        session_expiry_s: int = 7 * 24 * 3600,
+        keepalive_s: int = 30,
+        pool_size: int = 4,
+        store_options: dict[str, Any] | None = None,
+        catalog: Catalog | None = None,
+    ) -> None:
+        self.mqtt_url = mqtt_url
+        self.database_url = database_url
+        self.client_id = client_id
+        self.share_group = share_group
+        self.prefix = topic_prefix
+        self.max_unacked = max_unacked
+        self.retry_max_s = retry_max_s
+        self.http_host = http_host
+        self.http_port = http_port
+        self.bound_http_port: int | None = None
+        self.catalog = catalog or Catalog.default()
+        self.devices: dict[str, Any] = {}
+        self.decoder = Decoder(
+            self.catalog, self.devices, prefix=topic_prefix, max_payload_bytes=max_payload_bytes,
+            max_future_s=max_future_s, max_past_s=max_past_s, local_tz=local_tz, auto_register=auto_register,
+        )
+        self._batcher: Batcher[Inbound] = Batcher(max_items=batch_max, linger_s=linger_s, clock=time.monotonic)
+        self._session_expiry_s = session_expiry_s
+        self._keepalive_s = keepalive_s
+        self._pool_size = pool_size
+        self._store_options = store_options or {}
+        self.store: Store | None = None
+        self.bus: MqttClient | None = None
+        self.unacked = 0
+        self.database_up = False
+        self._wake = asyncio.Event()
+        self._writes: asyncio.Queue[DecodedBatch] = asyncio.Queue(maxsize=2)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._http_runner: Any = None
+        self._last_registry_refresh = 0.0
+        self.metrics = IngestMetrics(self)
+        self.started = asyncio.Event()
+
+    @classmethod
+    def from_config(cls, config: Config, **overrides: Any) -> IngestService:
+        ing, db, mqtt = config.ingest, config.database, config.mqtt
+        if not db.url or not mqtt.url:
+            raise ValueError("ingest needs database.url and mqtt.url (OCC_DATABASE_URL, OCC_MQTT_URL)")
+        options: dict[str, Any] = dict(
+            mqtt_url=mqtt.url, database_url=db.url, client_id=ing.client_id,
+            share_group=ing.share_group if ing.shared else None, topic_prefix=mqtt.topic_prefix,
+            batch_max=ing.batch_max, linger_s=ing.linger_ms / 1000, max_unacked=ing.max_unacked,
+            max_payload_bytes=ing.max_payload_bytes, max_future_s=ing.max_future_s,
+            max_past_s=ing.max_past_days * 86400, auto_register=ing.auto_register, local_tz=config.site.timezone,
+            http_host=ing.http_host, http_port=ing.http_port, retry_max_s=ing.retry_max_s,
+            session_expiry_s=mqtt.session_expiry_s, keepalive_s=mqtt.keepalive_s, pool_size=db.pool_size,
+            store_options=dict(timescaledb=db.timescaledb, retention_days=db.retention_days,
+                               compress_after_days=db.compress_after_days, partition_days=db.partition_days,
+                               partitions_ahead=db.partitions_ahead, timezone=config.site.timezone),
+            catalog=Catalog.load(config.config_path / "metrics.yaml")
+            if (config.config_path / "metrics.yaml").exists() else None,
+        )
+        options.update(overrides)
+        return cls(**options)
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    @property
+    def topics(self) -> list[str]:
+        base = f"{self.prefix}/+/+/+"
+        return [f"$share/{self.share_group}/{base}" if self.share_group else base]
+
+    async def start(self) -> None:
+        if self.http_port is not None:
+            self._http_runner, self.bound_http_port = await start_health_server(
+                self.metrics.registry, self.health, host=self.http_host, port=self.http_port)
+        self.store = await self._connect_store()
+        await self._refresh_registry()
+        self.bus = MqttClient(
+            self.mqtt_url, client_id=self.client_id, on_message=self._on_message, manual_ack=True,
+            clean_start=False, session_expiry_s=self._session_expiry_s, keepalive_s=self._keepalive_s,
+        )
+        for topic in self.topics:
+            self.bus.subscribe(topic, qos=1)
+        self._tasks = [
+            asyncio.create_task(self._flush_loop(), name="ingest-flush"),
+            asyncio.create_task(self._write_loop(), name="ingest-write"),
+            asyncio.create_task(self._housekeeping_loop(), name="ingest-housekeeping"),
+        ]
+        await self.bus.start(wait=True, timeout=60)
+        self.started.set()
+        log.info("ingest %s consuming %s (store: %s)", self.client_id, ", ".join(self.topics), self.store.mode)
+
+    async def _connect_store(self) -> Store:
+        delay = 0.5
+        while True:
+            try:
+                store = await Store.connect(self.database_url, pool_size=self._pool_size, **self._store_options)
+                self.database_up = True
+                return store
+            except StoreUnavailable as exc:
+                if delay == 0.5:
+                    log.warning("database unavailable at start (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max_s)
+
+    async def stop(self, *, drain_timeout: float = 10.0) -> None:
+        """Stop reading, write and acknowledge what is held (bounded by `drain_timeout`), then disconnect."""
+        if self.bus:
+            self.bus.pause_reading()
+        deadline = time.monotonic() + drain_timeout
+        while (len(self._batcher) or self.unacked) and time.monotonic() < deadline and self.database_up:
+            self._wake.set()
+            await asyncio.sleep(0.02)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        if self.bus:
+            await self.bus.close()
+        if self.store:
+            await self.store.close()
+        if self._http_runner:
+            await self._http_runner.cleanup()
+
+    def health(self) -> dict[str, Any]:
+        mqtt_ok = bool(self.bus and self.bus.connected.is_set())
+        return {
+            "ok": mqtt_ok and self.database_up,
+            "service": "ingest",
+            "client_id": self.client_id,
+            "mqtt_connected": mqtt_ok,
+            "database_up": self.database_up,
+            "unacked": self.unacked,
+            "paused": bool(self.bus and self.bus.paused),
+            "store_mode": self.store.mode if self.store else None,
+        }
+
+    # -- receive path (per message: keep it minimal) -------------------------------------------------
+    def _on_message(self, message: paho.MQTTMessage, delivery: Delivery) -> None:
+        self.unacked += 1
+        item = Inbound(message._topic.decode("utf-8", "replace"), message.payload, time.time(),
+                       delivery if message.qos else None)
+        if self._batcher.add(item):
+            self._wake.set()
+        elif len(self._batcher) == 1:
+            self._wake.set()  # start the linger timer
+        if self.unacked >= self.max_unacked and self.bus is not None:
+            self.bus.pause_reading()
+
+    async def _flush_loop(self) -> None:
+        batcher = self._batcher
+        while True:
+            wait = batcher.wait_s()
+            if wait is None:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if wait > 0 and not batcher.full():
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), wait)
+                except TimeoutError:
+                    pass
+                continue
+            messages = batcher.take()
+            self.metrics.received.inc(len(messages))
+            batch = self._decode(messages)
+            if self._needs_registry_refresh(batch):
+                await self._refresh_registry()
+                batch = self._decode(messages)
+            await self._writes.put(batch)
+
+    def _decode(self, messages: list[Inbound]) -> DecodedBatch:
+        batch = DecodedBatch(messages)
+        decode = self.decoder.decode
+        rows = batch.rows
+        for message in messages:
+            received_at = datetime.fromtimestamp(message.received, UTC)
+            result = decode(message.topic, message.payload, received_at)
+            if result.rows:
+                rows.extend(result.rows)
+            if result.events:
+                batch.events.extend(result.events)
+            if result.status is not None:
+                batch.statuses.append(result.status)
+            if result.unknown_devices:
+                kind = message.topic[len(self.prefix) + 1 :].split("/", 1)[0]
+                for device_id in result.unknown_devices:
+                    batch.unprovisioned[device_id] = kind
+            if result.rejects:
+                stored = len(result.rows) + len(result.events) + (result.status is not None)
+                reason = "; ".join(result.rejects)
+                if stored:
+                    reason = f"partly stored ({stored} items kept): {reason}"
+                batch.dead_letters.append(DeadLetter(received_at, message.topic, message.payload, reason))
+                for r in result.rejects:
+                    key = _reason_class(r)
+                    batch.reject_reasons[key] = batch.reject_reasons.get(key, 0) + 1
+        return batch
+
+    def _needs_registry_refresh(self, batch: DecodedBatch) -> bool:
+        if "unknown_device" not in batch.reject_reasons:
+            return False
+        return time.monotonic() - self._last_registry_refresh >= UNKNOWN_REFRESH_MIN_S
+
+    async def _refresh_registry(self) -> None:
+        assert self.store is not None
+        try:
+            devices = await self.store.list_devices()
+        except StoreUnavailable:
+            return
+        self.devices = {d.id: d for d in devices}
+        self.decoder.set_devices(self.devices)
+        self._last_registry_refresh = time.monotonic()
+
+    # -- write path ---------------------------------------------------------------------------------
+    async def _write_loop(self) -> None:
+        while True:
+            batch = await self._writes.get()
+            await self._commit(batch)
+
+    async def _commit(self, batch: DecodedBatch) -> None:
+        assert self.store is not None
+        delay = 0.25
+        down_since: float | None = None
+        while True:
+            try:
+                result = await self.store.write_batch(
+                    batch.rows, events=batch.events, statuses=batch.statuses, dead_letters=batch.dead_letters,
+                    unprovisioned=batch.unprovisioned or None, received_at=datetime.now(UTC),
+                )
+                break
+            except StoreUnavailable as exc:
+                if self.database_up or down_since is None:
+                    log.error("database unavailable (%s); holding %d messages unacknowledged and retrying",
+                              exc, self.unacked)
+                    down_since = time.monotonic()
+                self.database_up = False
+                self.metrics.write_retries.inc()
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, self.retry_max_s)
+        if down_since is not None:
+            log.warning("database recovered after %.1f s; catching up", time.monotonic() - down_since)
+        self.database_up = True
+        committed = time.time()
+        bus = self.bus
+        if bus is not None:
+            for message in batch.messages:
+                if message.delivery is not None:
+                    bus.ack(message.delivery)
+        n = len(batch.messages)
+        self.unacked -= n
+        m = self.metrics
+        m.acked.inc(n)
+        m.batches.inc()
+        m.batch_size.observe(n)
+        m.latency.observe(committed - batch.messages[0].received)
+        m.readings_written.inc(result.inserted)
+        m.duplicates.inc(result.duplicates)
+        m.events_written.inc(result.events_inserted)
+        for reason, count in batch.reject_reasons.items():
+            m.dead_lettered.inc(count, reason)
+        if batch.unprovisioned:
+            await self._refresh_registry()
+        if bus is not None and bus.paused and self.unacked <= self.max_unacked // 2:
+            bus.resume_reading()
+
+    async def _housekeeping_loop(self) -> None:
+        """Registry refresh and store maintenance (plain path: partitions ahead, rollups, retention)."""
+        last_maintenance = 0.0
+        while True:
+            await asyncio.sleep(REGISTRY_REFRESH_S * (0.8 + 0.4 * random.random()))
+            await self._refresh_registry()
+            if self.store is not None and time.monotonic() - last_maintenance >= MAINTENANCE_EVERY_S:
+                last_maintenance = time.monotonic()
+                try:
+                    await self.store.maintain()
+                except StoreUnavailable:
+                    pass
+                except Exception:
+                    log.exception("store maintenance failed")
+
+
+async def run(config: Config, *, stop: asyncio.Event | None = None, ready_file: Path | None = None) -> None:
+    """Run one ingest worker until `stop` is set (the CLI sets it on SIGINT/SIGTERM)."""
+    service = IngestService.from_config(config)
+    stop = stop or asyncio.Event()
+    await service.start()
+    if ready_file:
+        ready_file.write_text(str(os.getpid()))
+    try:
+        await stop.wait()
+    finally:
+        await service.stop()
+

@@ -1,0 +1,390 @@
+"""The MQTT bus: paho-mqtt 2.x driven by the asyncio loop, with no threads.
+
+Why this shape (ARCHITECTURE §8): paho's per-message Python cost dominates ingest, and most of it is its
+receive path reading each packet in several tiny `recv()` calls, plus thread → asyncio hand-offs.
+Here paho's socket I/O runs on the loop through `add_reader`/`add_writer` (no hand-off), and `_sock_recv`
+serves paho from a large userspace buffer filled by one `recv()` per readiness event.
+
+Delivery semantics for consumers (`manual_ack=True`): a message is acknowledged only when the consumer calls
+`ack(delivery)` after its data is committed. Acks are tied to the connection that delivered the message: after
+a reconnect, acks for the old connection are dropped (the broker redelivers those messages on the persistent
+session, and writes are idempotent). `pause_reading()` stops reading the socket so a full queue slows the
+broker (TCP backpressure) while acks still go out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 1 << 18
+SOCKET_BUFFER = 1 << 22
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        """`mqtt://user:pass@host:port` (or `mqtts://` for TLS); default ports 1883 / 8883."""
+        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise ValueError(f"unsupported MQTT URL scheme {parts.scheme!r} in {url!r}")
+        tls = parts.scheme in ("mqtts", "ssl")
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or (8883 if tls else 1883),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            tls=tls,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Identifies one received QoS ≥ 1 message on one connection, for a later `ack`."""
+
+    mid: int
+    qos: int
+    generation: int
+
+
+class _BufferedClient(paho.Client):
+    """paho Client whose reads come from one large buffer instead of a syscall per packet fragment."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rbuf = bytearray()
+        self._rpos = 0
+
+    def buffered(self) -> int:
+        return len(self._rbuf) - self._rpos
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        available = len(self._rbuf) - self._rpos
+        if available == 0:
+            if self._sock is None:
+                raise ConnectionError("socket closed")
+            data = self._sock.recv(READ_CHUNK)  # BlockingIOError propagates to paho as "try again"
+            if not data:
+                return b""
+            self._rbuf = bytearray(data)
+            self._rpos = 0
+            available = len(data)
+        take = min(bufsize, available)
+        chunk = bytes(self._rbuf[self._rpos : self._rpos + take])
+        self._rpos += take
+        if self._rpos == len(self._rbuf):
+            self._rbuf = bytearray()
+            self._rpos = 0
+        return chunk
+
+    def _reset_read_buffer(self) -> None:
+        self._rbuf = bytearray()
+        self._rpos = 0
+
+
+MessageHandler = Callable[[paho.MQTTMessage, Delivery], None]
+
+
+class MqttClient:
+    """One MQTT 5 connection with reconnect, persistent session, re-subscribe and manual acks."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        client_id: str,
+        on_message: MessageHandler | None = None,
+        clean_start: bool = False,
+        session_expiry_s: int = 7 * 24 * 3600,
+        keepalive_s: int = 30,
+        manual_ack: bool = False,
+        protocol: int = paho.MQTTv5,
+        will: tuple[str, bytes, int, bool] | None = None,
+        reconnect_max_s: float = 10.0,
+    ) -> None:
+        self.address = BrokerAddress.parse(url)
+        self.client_id = client_id
+        self._on_message = on_message
+        self._protocol = protocol
+        self._clean_start = clean_start
+        self._session_expiry_s = session_expiry_s
+        self._keepalive_s = keepalive_s
+        self._manual_ack = manual_ack
+        self._reconnect_max_s = reconnect_max_s
+        self._subscriptions: dict[str, int] = {}
+        self._generation = 0
+        self._paused = False
+        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sock: socket.socket | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._misc_handle: asyncio.TimerHandle | None = None
+        self._disconnected = asyncio.Event()
+        self.connected = asyncio.Event()
+        self.connects = 0
+        self.session_present = False
+        self._client = self._make_client(will)
+
+    # -- construction -------------------------------------------------------------------------------
+    def _make_client(self, will: tuple[str, bytes, int, bool] | None) -> _BufferedClient:
+        kwargs: dict[str, Any] = {"client_id": self.client_id, "protocol": self._protocol,
+                                  "manual_ack": self._manual_ack}
+        if self._protocol != paho.MQTTv5:
+            kwargs["clean_session"] = self._clean_start
+        client = _BufferedClient(paho.CallbackAPIVersion.VERSION2, **kwargs)
+        client.enable_logger(logging.getLogger("paho"))
+        if self.address.username:
+            client.username_pw_set(self.address.username, self.address.password)
+        if self.address.tls:
+            client.tls_set_context(ssl.create_default_context())
+        if will:
+            client.will_set(will[0], will[1], qos=will[2], retain=will[3])
+        client.max_queued_messages_set(0)
+        client.max_inflight_messages_set(65535)
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        client.on_message = self._handle_message
+        client.on_socket_open = self._socket_open
+        client.on_socket_close = self._socket_close
+        client.on_socket_register_write = self._register_write
+        client.on_socket_unregister_write = self._unregister_write
+        return client
+
+    # -- public API ---------------------------------------------------------------------------------
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        """Subscribe now (if connected) and again after every reconnect."""
+        self._subscriptions[topic] = qos
+        if self.connected.is_set():
+            self._send_subscribe({topic: qos})
+
+    async def start(self, *, wait: bool = True, timeout: float = 30.0) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self._run(), name=f"mqtt:{self.client_id}")
+        if wait:
+            await asyncio.wait_for(self.connected.wait(), timeout)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self.connected.is_set():
+            self._client.disconnect()
+            self._flush_writes()
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._teardown_socket()
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> paho.MQTTMessageInfo:
+        return self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    def ack(self, delivery: Delivery) -> bool:
+        """Acknowledge a delivery; False when its connection is gone (the broker will redeliver it)."""
+        if delivery.generation != self._generation or not self.connected.is_set():
+            return False
+        self._client.ack(delivery.mid, delivery.qos)
+        return True
+
+    def pause_reading(self) -> None:
+        if not self._paused:
+            self._paused = True
+            if self._sock is not None and self._loop is not None:
+                self._loop.remove_reader(self._sock)
+
+    def resume_reading(self) -> None:
+        if self._paused:
+            self._paused = False
+            if self._sock is not None and self._loop is not None:
+                self._loop.add_reader(self._sock, self._on_readable)
+                # Data already in our buffer will not wake the selector again.
+                if self._client.buffered():
+                    self._loop.call_soon(self._on_readable)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    # -- connection loop ----------------------------------------------------------------------------
+    async def _run(self) -> None:
+        delay = 0.2
+        while not self._closing:
+            self._disconnected.clear()
+            try:
+                await self._connect_once()
+            except (OSError, paho.WebsocketConnectionError, ssl.SSLError) as exc:
+                if self.connects == 0 or delay >= self._reconnect_max_s:
+                    log.warning("MQTT %s:%d unreachable: %s", self.address.host, self.address.port, exc)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, self._reconnect_max_s)
+                continue
+            await self._disconnected.wait()
+            if self._closing:
+                return
+            delay = 0.2
+            await asyncio.sleep(delay)
+
+    async def _connect_once(self) -> None:
+        properties = None
+        if self._protocol == paho.MQTTv5:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = self._session_expiry_s
+            properties.ReceiveMaximum = 65535
+        self._client._reset_read_buffer()
+        # The TCP connect blocks; keep it off the loop.
+        await asyncio.to_thread(
+            self._client.connect,
+            self.address.host,
+            self.address.port,
+            keepalive=self._keepalive_s,
+            clean_start=self._clean_start if self._protocol == paho.MQTTv5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=properties,
+        )
+        # connect() ran on another thread; register the socket with the loop here.
+        sock = self._client.socket()
+        if sock is not None and self._sock is None:
+            self._socket_open(self._client, None, sock)
+        if self._client.want_write():
+            self._register_write(self._client, None, sock)
+        self._schedule_misc()
+
+    def _schedule_misc(self) -> None:
+        assert self._loop is not None
+        if self._misc_handle:
+            self._misc_handle.cancel()
+        self._misc_handle = self._loop.call_later(1.0, self._on_misc)
+
+    def _on_misc(self) -> None:
+        if self._sock is not None:
+            self._client.loop_misc()
+            self._misc_handle = self._loop.call_later(1.0, self._on_misc) if self._loop else None
+
+    # -- paho callbacks (all on the loop thread, except socket_open during connect) -----------------
+    def _socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if self._loop is None or sock is None:
+            return
+        raw: socket.socket = sock
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+        except OSError:
+            pass
+        if self._loop.is_running() and asyncio.get_event_loop_policy() and self._in_loop_thread():
+            self._attach(raw)
+        else:
+            self._loop.call_soon_threadsafe(self._attach, raw)
+
+    def _in_loop_thread(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    def _attach(self, sock: socket.socket) -> None:
+        if self._sock is sock or self._loop is None:
+            return
+        self._sock = sock
+        if not self._paused:
+            self._loop.add_reader(sock, self._on_readable)
+
+    def _socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._teardown_socket()
+
+    def _teardown_socket(self) -> None:
+        if self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._sock)
+            self._loop.remove_writer(self._sock)
+        self._sock = None
+        if self._misc_handle:
+            self._misc_handle.cancel()
+            self._misc_handle = None
+
+    def _register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if self._loop is None:
+            return
+        if self._in_loop_thread():
+            if self._sock is not None:
+                self._loop.add_writer(self._sock, self._on_writable)
+        else:
+            self._loop.call_soon_threadsafe(self._register_write, client, userdata, sock)
+
+    def _unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if self._loop is not None and self._sock is not None and self._in_loop_thread():
+            self._loop.remove_writer(self._sock)
+
+    def _on_readable(self) -> None:
+        client = self._client
+        # Drain everything one recv() brought in, unless a consumer paused us in between.
+        while True:
+            rc = client.loop_read()
+            if rc != paho.MQTT_ERR_SUCCESS or self._paused or self._sock is None or not client.buffered():
+                break
+
+    def _on_writable(self) -> None:
+        self._client.loop_write()
+
+    def _flush_writes(self) -> None:
+        if self._sock is not None:
+            self._client.loop_write()
+
+    def _handle_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if getattr(reason, "is_failure", False):
+            log.error("MQTT connection refused by %s:%d: %s", self.address.host, self.address.port, reason)
+            return
+        self._generation += 1
+        self.connects += 1
+        self.session_present = bool(getattr(flags, "session_present", False))
+        if self.connects > 1:
+            log.info("MQTT reconnected to %s:%d (session present: %s)", self.address.host, self.address.port,
+                     self.session_present)
+        if self._subscriptions:
+            self._send_subscribe(self._subscriptions)
+        self.connected.set()
+
+    def _send_subscribe(self, topics: dict[str, int]) -> None:
+        if self._protocol == paho.MQTTv5:
+            # Retain handling 1: retained messages only for a new subscription, not on every reconnect.
+            entries: Sequence[tuple[str, Any]] = [
+                (t, SubscribeOptions(qos=q, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB))
+                for t, q in topics.items()
+            ]
+            self._client.subscribe(list(entries))
+        else:
+            self._client.subscribe([(t, q) for t, q in topics.items()])
+
+    def _handle_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        was_connected = self.connected.is_set()
+        self.connected.clear()
+        self._teardown_socket()
+        if was_connected and not self._closing:
+            log.warning("MQTT connection to %s:%d lost: %s", self.address.host, self.address.port, reason)
+        self._disconnected.set()
+
+    def _handle_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        if self._on_message is not None:
+            self._on_message(message, Delivery(message.mid, message.qos, self._generation))

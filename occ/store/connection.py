@@ -1,0 +1,103 @@
+"""Connecting to PostgreSQL, and telling "the database is unreachable" (retry later) from data errors.
+
+Connection failures become `occ.errors.StoreUnavailable` so ingest keeps its messages unacknowledged and
+retries (ARCHITECTURE §3); every other database error propagates unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import orjson
+
+from occ.errors import StoreUnavailable
+
+SERVER_SETTINGS: Mapping[str, str] = {
+    "application_name": "occ",
+    # All SQL here converts time zones explicitly; UTC keeps anything implicit deterministic.
+    "TimeZone": "UTC",
+    # Short OLTP-style statements: JIT compilation only adds latency.
+    "jit": "off",
+}
+
+_TRANSIENT_POSTGRES_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,  # class 08, includes ConnectionDoesNotExistError
+    asyncpg.exceptions.CannotConnectNowError,  # 57P03: starting up / shutting down / recovering
+    asyncpg.exceptions.AdminShutdownError,  # 57P01
+    asyncpg.exceptions.CrashShutdownError,  # 57P02
+    asyncpg.exceptions.IdleSessionTimeoutError,
+    asyncpg.exceptions.TooManyConnectionsError,  # 53300
+    asyncpg.exceptions.ReadOnlySQLTransactionError,  # 25006: a failover left us on a replica
+)
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """True when `exc` means the server cannot be reached or the session was lost (worth retrying)."""
+    if isinstance(exc, StoreUnavailable):
+        return True
+    if isinstance(exc, (OSError, TimeoutError, *_TRANSIENT_POSTGRES_ERRORS)):
+        return True
+    if isinstance(exc, asyncpg.InterfaceError):
+        text = str(exc)
+        return "connection is closed" in text or "connection was closed" in text
+    return False
+
+
+def unavailable(exc: BaseException) -> StoreUnavailable:
+    if isinstance(exc, StoreUnavailable):
+        return exc
+    detail = str(exc) or type(exc).__name__
+    error = StoreUnavailable(f"database unavailable: {detail}")
+    error.__cause__ = exc
+    return error
+
+
+@asynccontextmanager
+async def translate_errors() -> AsyncIterator[None]:
+    """Re-raise connection failures inside the block as StoreUnavailable."""
+    try:
+        yield
+    except BaseException as exc:
+        if is_connection_error(exc):
+            raise unavailable(exc) from exc
+        raise
+
+
+def _json_dumps(value: Any) -> str:
+    text = orjson.dumps(value).decode()
+    # jsonb rejects \u0000; a device sending one must not make its whole batch fail forever.
+    return text.replace("\\u0000", "\\ufffd") if "\\u0000" in text else text
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Per-connection setup: jsonb as Python objects (orjson both ways)."""
+    await conn.set_type_codec("jsonb", encoder=_json_dumps, decoder=orjson.loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=_json_dumps, decoder=orjson.loads, schema="pg_catalog")
+
+
+async def connect_one(url: str, *, connect_timeout: float = 10.0, **kwargs: Any) -> asyncpg.Connection:
+    """One connection (migrations, maintenance locks); StoreUnavailable when the server is unreachable."""
+    settings = dict(SERVER_SETTINGS)
+    settings.update(kwargs.pop("server_settings", {}) or {})
+    async with translate_errors():
+        return await asyncpg.connect(url, timeout=connect_timeout, server_settings=settings, **kwargs)
+
+
+async def create_pool(url: str, *, size: int, connect_timeout: float = 10.0, **kwargs: Any) -> asyncpg.Pool:
+    settings = dict(SERVER_SETTINGS)
+    settings.update(kwargs.pop("server_settings", {}) or {})
+    async with translate_errors():
+        pool = await asyncpg.create_pool(
+            url,
+            min_size=1,
+            max_size=size,
+            timeout=connect_timeout,
+            server_settings=settings,
+            init=init_connection,
+            **kwargs,
+        )
+    assert pool is not None
+    return pool
