@@ -14,7 +14,9 @@ import argparse
 import logging
 import os
 import random
+import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -31,7 +33,7 @@ from simulators.engine import Simulation
 from simulators.fleet import KINDS, Fleet, load_fleet
 from simulators.load import FORMS as LOAD_FORMS
 from simulators.load import LOAD_METRICS, LoadConfig, run_load, write_device_file
-from simulators.publisher import MODES, JsonlOutput, MqttOutput, parse_mqtt_url, read_jsonl
+from simulators.publisher import MODES, PROTOCOLS, JsonlOutput, MqttOutput, parse_mqtt_url, read_jsonl
 from simulators.runner import Output, Progress, replay, run
 from simulators.scenario import (
     ScenarioSpec,
@@ -51,6 +53,12 @@ DEMO_SCENARIO = "normal-day"
 DEMO_SPEED = 60.0
 
 
+def default_client_prefix(kind: str = "sim") -> str:
+    """A stable default (one simulator per host) so retained link status does not pile up per process."""
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:40] or "host"
+    return f"occ-{kind}-{host}"
+
+
 def _default_url() -> str:
     return os.environ.get("OCC_MQTT_URL") or DEFAULT_MQTT_URL
 
@@ -58,11 +66,14 @@ def _default_url() -> str:
 def _add_broker_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("broker")
     g.add_argument("--mqtt-url", default=None,
-                   help=f"broker URL, mqtt[s]://[user[:pass]@]host[:port] (default: $OCC_MQTT_URL or {DEFAULT_MQTT_URL})")
+                   help="broker URL, mqtt[s]://[user[:pass]@]host[:port] "
+                        f"(default: $OCC_MQTT_URL or {DEFAULT_MQTT_URL})")
     g.add_argument("--username", default=os.environ.get("OCC_MQTT_USERNAME"), help="MQTT user name")
     g.add_argument("--password", default=os.environ.get("OCC_MQTT_PASSWORD"), help="MQTT password")
     g.add_argument("--topic-prefix", default="occ/v1", help="topic prefix (default occ/v1)")
     g.add_argument("--client-prefix", default=None, help="client id prefix of the connections")
+    g.add_argument("--mqtt-version", choices=PROTOCOLS, default="3.1.1",
+                   help="MQTT protocol version of the simulated devices (default 3.1.1)")
     g.add_argument("--qos", type=int, choices=(0, 1), default=None,
                    help="QoS of telemetry (status and events are always QoS 1); run default 1, load default 0")
 
@@ -214,8 +225,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             if not args.no_mqtt:
                 address = parse_mqtt_url(args.mqtt_url or _default_url(), args.username, args.password)
                 mqtt_out = MqttOutput(address, mode=args.mode, connections=args.connections,
-                                      client_prefix=args.client_prefix or f"occ-replay-{os.getpid()}",
-                                      topic_prefix=args.topic_prefix, keepalive=args.keepalive)
+                                      client_prefix=args.client_prefix or default_client_prefix("replay"),
+                                      topic_prefix=args.topic_prefix, keepalive=args.keepalive,
+                                      protocol=args.mqtt_version)
                 mqtt_out.start()
                 outputs.append(mqtt_out)
             if args.out:
@@ -238,9 +250,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not args.no_mqtt:
             address = parse_mqtt_url(args.mqtt_url or _default_url(), args.username, args.password)
             mqtt_out = MqttOutput(address, mode=args.mode, connections=args.connections,
-                                  client_prefix=args.client_prefix or f"occ-sim-{os.getpid()}",
+                                  client_prefix=args.client_prefix or default_client_prefix("sim"),
                                   topic_prefix=args.topic_prefix, keepalive=args.keepalive,
-                                  device_ids=[d.id for d in sim.devices], device_status_topics=sim.status_topics)
+                                  device_ids=[d.id for d in sim.devices], device_status_topics=sim.status_topics,
+                                  protocol=args.mqtt_version)
             mqtt_out.start()
             outputs.append(mqtt_out)
         if args.out:
@@ -279,8 +292,9 @@ def cmd_load(args: argparse.Namespace) -> int:
         cfg = LoadConfig(devices=args.devices, rate=args.rate, form=args.form, readings=args.readings,
                          per_entry=args.per_entry, qos=qos, duration=parse_duration(args.duration),
                          kind=args.kind, connections=args.connections,
-                         client_prefix=args.client_prefix or f"occ-load-{os.getpid()}",
-                         topic_prefix=args.topic_prefix, seed=args.seed, ts_format=args.ts)
+                         client_prefix=args.client_prefix or default_client_prefix("load"),
+                         topic_prefix=args.topic_prefix, seed=args.seed, ts_format=args.ts,
+                         protocol=args.mqtt_version)
         if args.write_devices:
             write_device_file(cfg, args.write_devices)
             print(f"wrote {cfg.devices} devices to {args.write_devices}", file=sys.stderr)

@@ -48,10 +48,10 @@ def rows(values: dict[str, np.ndarray], n: int) -> list[Values]:
         col = column.tolist()
         if finite.all():
             if as_int:
-                for row, v in zip(out, col):
+                for row, v in zip(out, col, strict=False):
                     row[metric] = int(v)
             else:
-                for row, v in zip(out, col):
+                for row, v in zip(out, col, strict=False):
                     row[metric] = v
         else:
             for i in np.flatnonzero(finite).tolist():

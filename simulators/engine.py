@@ -117,7 +117,7 @@ class FaultRuntime:
         column = values[self.metric]
         if fault == "spike":
             k_all, p_all = self.select(idx, ts, to_end=False)
-            for k, p in zip(k_all.tolist(), p_all.tolist()):
+            for k, p in zip(k_all.tolist(), p_all.tolist(), strict=False):
                 ptr = int(self.pointer[p])
                 if ptr < self.spike_times.size and self.spike_times[ptr] <= ts[k]:
                     column[k] += self.params["magnitude"]
@@ -125,7 +125,7 @@ class FaultRuntime:
         else:
             k_all, p_all = self.select(idx, ts)
             if fault == "stuck":
-                for k, p in zip(k_all.tolist(), p_all.tolist()):
+                for k, p in zip(k_all.tolist(), p_all.tolist(), strict=False):
                     if math.isnan(self.captured[p]):
                         self.captured[p] = column[k]
                     else:
@@ -140,7 +140,7 @@ class FaultRuntime:
         """Positions of reports that get this message-level fault (duplicate / malformed), honouring `count`."""
         k_all, p_all = self.select(idx, ts)
         chosen = []
-        for k, p in zip(k_all.tolist(), p_all.tolist()):
+        for k, p in zip(k_all.tolist(), p_all.tolist(), strict=False):
             if self.remaining[p] > 0:
                 self.remaining[p] -= 1
                 chosen.append(k)
@@ -274,8 +274,8 @@ class Simulation:
             elif do == "offline":
                 n = len(e.devices)
                 off = e.start + rng.uniform(0.0, e.spec.params["spread"], n)
-                on = e.end + rng.uniform(0.0, e.spec.params["return_spread"], n)
-                for d, a, b in zip(e.devices, off.tolist(), on.tolist()):
+                on = off + e.spec.duration + rng.uniform(0.0, e.spec.params["return_spread"], n)
+                for d, a, b in zip(e.devices, off.tolist(), on.tolist(), strict=False):
                     windows.append((self.index[d.id], a, max(b, a), True))
             elif do == "store_forward":
                 for d in e.devices:
@@ -397,9 +397,8 @@ class Simulation:
                     tra.model.forced_severity[t_local] = np.maximum(tra.model.forced_severity[t_local], p["severity"])
                 if cam is not None and c_local.size:
                     cam.model.demand_mult[c_local] *= min(p["demand"], p["capacity"] * 1.1)
-                    cam.model.forced_severity[c_local] = np.maximum(
-                        cam.model.forced_severity[c_local], max(p["severity"], min(1.0, p["demand"] / p["capacity"] - 1.0))
-                    )
+                    jam = max(p["severity"], min(1.0, p["demand"] / p["capacity"] - 1.0))
+                    cam.model.forced_severity[c_local] = np.maximum(cam.model.forced_severity[c_local], jam)
 
     def _status_changes(self, t0: float, t1: float, out: list[Message]) -> None:
         n = len(self.devices)
@@ -539,11 +538,11 @@ class Simulation:
         t_arr = np.array([p[0] for p in pending])
         local = np.array([self.local[g] for g in g_arr.tolist()], dtype=np.int64)
         silent = self._silent(cam, local, g_arr, t_arr)
-        for k, (t, g, body, conf) in enumerate(pending):
+        for k, (te, ge, body_e, conf_e) in enumerate(pending):
             if silent[k]:
                 continue
-            j = self.local[g]
-            doc: dict[str, Any] = {"ts": iso_local(self._event_ts(cam, j, t)), **body}
-            if conf is not None:
-                doc["confidence"] = conf
-            out.append(Message(t, g, cam.event_topics[j], orjson.dumps(doc), 1, False, self.devices[g].id, "event"))
+            j = self.local[ge]
+            doc: dict[str, Any] = {"ts": iso_local(self._event_ts(cam, j, te)), **body_e}
+            if conf_e is not None:
+                doc["confidence"] = conf_e
+            out.append(Message(te, ge, cam.event_topics[j], orjson.dumps(doc), 1, False, self.devices[ge].id, "event"))

@@ -63,6 +63,7 @@ class LoadConfig:
     seed: int = 0
     ts_format: str = "iso"  # iso | s | ms
     interval_s: float = 60.0  # spacing of the timestamps inside one array / SenML message
+    protocol: str = "3.1.1"
 
     def device_ids(self) -> list[str]:
         return [f"{self.id_prefix}-{self.kind}-{i:05d}" for i in range(self.devices)]
@@ -204,7 +205,7 @@ def run_load(
     stop = stop or threading.Event()
     factory = PayloadFactory(cfg)
     output = MqttOutput(address, mode="pool", connections=cfg.connections, client_prefix=cfg.client_prefix,
-                        topic_prefix=cfg.topic_prefix)
+                        topic_prefix=cfg.topic_prefix, protocol=cfg.protocol)
     output.start()
     links = output.links
     nlinks = len(links)
@@ -264,7 +265,7 @@ def load_messages(cfg: LoadConfig, count: int, now: float) -> list[Message]:
 
 def write_device_file(cfg: LoadConfig, path: str, stream: TextIO | None = None) -> None:
     """A device file for the load devices, so `occ devices import` can register them before a benchmark."""
-    out = stream or open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+    out = stream or open(path, "w", encoding="utf-8")
     try:
         out.write(f"# {cfg.devices} synthetic {cfg.kind} devices for `occ simulate load`\ndevices:\n")
         for i, device_id in enumerate(cfg.device_ids()):

@@ -47,6 +47,7 @@ from simulators.engine import Message
 log = logging.getLogger(__name__)
 
 MODES = ("pool", "device", "gateway")
+PROTOCOLS = ("3.1.1", "5")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +82,17 @@ class Link:
 
     def __init__(self, address: BrokerAddress, client_id: str, *, will: tuple[str, bytes] | None,
                  online: tuple[str, bytes] | None = None, keepalive: int = 60, max_inflight: int = 1000,
-                 max_queued: int = 20000) -> None:
+                 max_queued: int = 20000, protocol: str = "3.1.1") -> None:
         self.address = address
         self.client_id = client_id
         self.online_message = online
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
-                             protocol=mqtt.MQTTv311)
+        self.will = will
+        self.v5 = protocol == "5"
+        if self.v5:
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        else:
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
+                                 protocol=mqtt.MQTTv311)
         if address.username is not None:
             client.username_pw_set(address.username, address.password)
         if address.tls:
@@ -129,7 +135,10 @@ class Link:
     def open(self) -> None:
         """Start connecting (TCP connect and CONNECT are sent; CONNACK arrives through pump)."""
         self.error = None
-        self.client.connect(self.address.host, self.address.port, keepalive=self.keepalive)
+        if self.v5:
+            self.client.connect(self.address.host, self.address.port, keepalive=self.keepalive, clean_start=True)
+        else:
+            self.client.connect(self.address.host, self.address.port, keepalive=self.keepalive)
         self.sock = self.client.socket()
         if self.sock is not None:
             try:
@@ -141,15 +150,18 @@ class Link:
         """Drop the connection without DISCONNECT, so the broker publishes the Last Will."""
         self.wanted = False
         sock = self.client.socket()
-        if sock is not None:
+        if isinstance(sock, socket.socket):
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
 
     def close(self) -> None:
+        """Clean disconnect: the Will is not fired, so say `offline` on its topic first."""
         self.wanted = False
         if self.connected:
+            if self.will is not None:
+                self.client.publish(self.will[0], self.will[1], qos=1, retain=True)
             self.client.disconnect()
         self.connected = False
 
@@ -170,6 +182,7 @@ class MqttOutput:
         keepalive: int = 60,
         max_queued: int = 20000,
         gateway_batch: int = 200,
+        protocol: str = "3.1.1",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
@@ -187,14 +200,14 @@ class MqttOutput:
             for device_id, status_topic in zip(device_ids, device_status_topics, strict=True):
                 self.links.append(Link(address, device_id, will=(status_topic, b"offline"),
                                        online=(status_topic, b"online"), keepalive=keepalive,
-                                       max_inflight=100, max_queued=max_queued))
+                                       max_inflight=100, max_queued=max_queued, protocol=protocol))
         else:
             count = 1 if mode == "gateway" else max(1, connections)
             for k in range(count):
                 client_id = client_prefix if mode == "gateway" else f"{client_prefix}-{k}"
                 status = f"{topic_prefix}/gateway/{client_id}/status"
                 self.links.append(Link(address, client_id, will=(status, b"offline"), online=(status, b"online"),
-                                       keepalive=keepalive, max_queued=max_queued))
+                                       keepalive=keepalive, max_queued=max_queued, protocol=protocol))
         self.gateway_topic = f"{topic_prefix}/gateway/{client_prefix}/telemetry"
 
     # ---- connection management -----------------------------------------------------------------------------
@@ -254,7 +267,9 @@ class MqttOutput:
                 self.selector.modify(sock.fileno(), selectors.EVENT_READ | selectors.EVENT_WRITE, link)
             except (KeyError, ValueError):
                 self._writers.discard(link)
-        events = self.selector.select(timeout) if self._registered else (time.sleep(timeout) or [])
+        if not self._registered:
+            time.sleep(timeout)
+        events = self.selector.select(timeout) if self._registered else []
         for key, mask in events:
             link = key.data
             if mask & selectors.EVENT_READ:

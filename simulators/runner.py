@@ -56,7 +56,7 @@ class Progress:
             return
         rate = (count - self._last_count) / max(now - self._last, 1e-9)
         self._last, self._last_count = now, count
-        text = f"{text_fn} | {count:,} msgs | {rate:,.0f} msg/s"  # type: ignore[str-bytes-safe]
+        text = f"{text_fn} | {count:,} msgs | {rate:,.0f} msg/s"
         if self.tty:
             self.stream.write("\r" + text[:160].ljust(100))
             self._wrote = True

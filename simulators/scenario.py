@@ -6,7 +6,7 @@ ISO-8601 timestamp) and a length (`for`). Scenarios compose: several may be give
 `include` others; their effects simply add up. A file is validated whole before anything runs and a bad one
 is rejected with its path, line and reason (ConfigError); a target that matches no device is an error too.
 
-Effect kinds (`do:`): rain, weather, traffic, offline, fault, store_forward, event. See config/scenarios/README.md.
+Effect kinds (`do:`): rain, weather, traffic, offline, fault, store_forward, event (see simulators/README.md).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -273,8 +273,7 @@ def _parse_effect(raw: Any, lines: Lines, path: str, i: int,
         p["severity"] = _number(raw.get("severity", 0.0), lines, *keys, "severity", lo=0, hi=1)
     elif do == "offline":
         p["spread"] = _duration(raw.get("spread", 0), lines, *keys, "spread")
-        p["return_spread"] = _duration(raw.get("return_spread", raw.get("spread", 0)), lines, *keys,
-                                       "return_spread")
+        p["return_spread"] = _duration(raw.get("return_spread", 0), lines, *keys, "return_spread")
     elif do == "store_forward":
         announce = raw.get("announce", True)
         if not isinstance(announce, bool):
@@ -336,8 +335,8 @@ def _parse_fault(raw: dict[str, Any], lines: Lines, keys: tuple[str | int, ...],
         if "value" in raw:
             p["value"] = _number(raw["value"], lines, *keys, "value")
         elif metrics and p["metric"] in metrics:
-            spec = metrics[p["metric"]]
-            p["value"] = spec.max + max(spec.max - spec.min, 1.0)
+            known = metrics[p["metric"]]
+            p["value"] = known.max + max(known.max - known.min, 1.0)
         else:
             raise lines.error("out_of_range needs a value", *keys)
         spec = (metrics or {}).get(p["metric"])
@@ -438,7 +437,7 @@ def load_scenarios(names: Sequence[str], config_dir: str | Path = "config",
         data, lines = load_yaml(path)
         spec, includes = parse_scenario(data, lines, metrics)
         for inc in includes:
-            visit(inc if ("/" in inc or inc.endswith(".yaml")) else inc, (*stack, key))
+            visit(inc, (*stack, key))
         seen.add(key)
         out.append(spec)
 
@@ -491,7 +490,7 @@ def _attr_matches(actual: Any, wanted: Any) -> bool:
 
 
 def bind(specs: Sequence[ScenarioSpec], fleet: Fleet, start: float, seed: int,
-         reports: dict[str, Any] | None = None) -> list[BoundEffect]:
+         reports: Callable[[Device, str], bool] | None = None) -> list[BoundEffect]:
     """Resolve every effect's targets and times. `reports(device, metric) -> bool` says whether a device
     reports a metric (so a fault on a metric the device never sends is rejected, not silently ignored)."""
     rng = np.random.default_rng([seed, 7])

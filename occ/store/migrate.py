@@ -222,6 +222,10 @@ async def _detect_mode(url: str, want: str, connect_kwargs: Mapping[str, Any]) -
         version = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
     finally:
         await conn.close()
+    return _check_version(version, want)
+
+
+def _check_version(version: str, want: str) -> tuple[Mode, str | None]:
     if _version_tuple(version) < MIN_TIMESCALEDB:
         need = ".".join(map(str, MIN_TIMESCALEDB))
         if want == "on":
@@ -310,7 +314,12 @@ async def _migrate_locked(
     recorded = await conn.fetchval("SELECT value FROM occ_settings WHERE key = 'mode'")
     ts_version: str | None = None
     if recorded is None:
-        mode, ts_version = await _detect_mode(url, want, connect_kwargs)
+        installed = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
+        if installed is not None and want != "off":
+            # Created beforehand (by a DBA, or an earlier attempt): no need to probe on a second connection.
+            mode, ts_version = _check_version(installed, want)
+        else:
+            mode, ts_version = await _detect_mode(url, want, connect_kwargs)
         await conn.execute(
             "INSERT INTO occ_settings (key, value) VALUES ('mode', $1), ('rollup_timezone', $2) "
             "ON CONFLICT (key) DO NOTHING",

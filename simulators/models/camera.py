@@ -54,9 +54,11 @@ class CameraModel:
         attrs = [d.attributes for d in self.devices]
         self.is_4g = np.array([str(a.get("link", "fiber")) == "4g" for a in attrs], dtype=bool)
         self.solar = np.array([str(a.get("power", "mains")) == "solar" for a in attrs], dtype=bool)
-        self.fps_nominal = np.array([float(a.get("fps", 15.0 if l4 else 25.0)) for a, l4 in zip(attrs, self.is_4g)])
+        self.fps_nominal = np.array(
+            [float(a.get("fps", 15.0 if l4 else 25.0)) for a, l4 in zip(attrs, self.is_4g, strict=True)]
+        )
         self.bitrate_nominal = np.array(
-            [float(a.get("bitrate_kbps", 1536.0 if l4 else 4096.0)) for a, l4 in zip(attrs, self.is_4g)]
+            [float(a.get("bitrate_kbps", 1536.0 if l4 else 4096.0)) for a, l4 in zip(attrs, self.is_4g, strict=False)]
         )
         analytics = [_analytics(a) for a in attrs]
         self.counts_vehicles = np.array(["vehicle_count" in s for s in analytics], dtype=bool)
@@ -149,7 +151,7 @@ class CameraModel:
         for k in range(idx.size):
             c = counts[k].tolist()
             data: dict[str, Any] = {"interval_s": int(interval[k]), "count": int(sum(c))}
-            data.update({cls: int(v) for cls, v in zip(CLASSES, c)})
+            data.update({cls: int(v) for cls, v in zip(CLASSES, c, strict=False)})
             out.append(CameraEvent(int(idx[k]), float(ts[k]), "vehicle_count", data, float(conf[k])))
         return out
 

@@ -46,7 +46,7 @@ def _monthly_interp(table: np.ndarray, doy: float) -> float:
 
 def daily_rain_mm(doy: float) -> float:
     """Expected daily rainfall at Hà Giang city for this day of the year."""
-    month = int(min(11, np.searchsorted(np.cumsum(DAYS_IN_MONTH), doy % 365.0, side="right")))
+    month = min(11, int(np.searchsorted(np.cumsum(DAYS_IN_MONTH), doy % 365.0, side="right")))
     return _monthly_interp(MONTHLY_RAIN_MM, doy) / DAYS_IN_MONTH[month]
 
 

@@ -121,7 +121,7 @@ class HydrometModel:
         self.box_area = max((self.box[1] - self.box[0]) * (self.box[3] - self.box[2]), 1.0)
         self.alt = np.array([float(a.get("altitude_m", climate.CITY_ALTITUDE_M)) for a in attrs])
         self.rain_factor = np.array(
-            [float(a.get("rain_factor", climate.rain_factor(d.area))) for d, a in zip(self.devices, attrs)]
+            [float(a.get("rain_factor", climate.rain_factor(d.area))) for d, a in zip(self.devices, attrs, strict=True)]
         )
         sensors = [self._sensors(a) for a in attrs]
         self.has_rain = np.array(["rain" in s for s in sensors], dtype=bool)

@@ -1,7 +1,8 @@
 -- Rollups on plain PostgreSQL, maintained by the platform (ARCHITECTURE §4). Same columns as the TimescaleDB
 -- continuous aggregates, so history queries read either the same way. first_ts/last_ts (the times of the
--- first and last reading) let first/last combine correctly across buckets and devices. 1-minute and 1-hour buckets are UTC
--- aligned; 1-day buckets are local days in the rollup time zone (occ_settings 'rollup_timezone').
+-- first and last reading) let first/last combine correctly across buckets and devices. 1-minute and 1-hour
+-- buckets are UTC aligned; 1-day buckets are local days in the rollup time zone (occ_settings
+-- 'rollup_timezone').
 --
 -- Writers append the hours they touch to rollup_dirty; maintenance calls occ_refresh_hours() and then
 -- occ_refresh_days() for days whose hours are all clean. Readings are never updated in place, so an upsert of
@@ -35,8 +36,8 @@ DECLARE
     v_total bigint := 0;
 BEGIN
     FOREACH h IN ARRAY p_hours LOOP
-        INSERT INTO readings_1m AS t (device_id, metric, bucket, cnt, sum_v, min_v, max_v, avg_v, first_v, last_v,
-                                  first_ts, last_ts)
+        INSERT INTO readings_1m AS t (device_id, metric, bucket, cnt, sum_v, min_v, max_v, avg_v,
+                                      first_v, last_v, first_ts, last_ts)
         SELECT device_id, metric, date_trunc('minute', ts, 'UTC'), count(*), sum(value), min(value), max(value),
                avg(value), (array_agg(value ORDER BY ts))[1], (array_agg(value ORDER BY ts DESC))[1],
                min(ts), max(ts)
@@ -50,8 +51,8 @@ BEGIN
         GET DIAGNOSTICS v_rows = ROW_COUNT;
         v_total := v_total + v_rows;
 
-        INSERT INTO readings_1h AS t (device_id, metric, bucket, cnt, sum_v, min_v, max_v, avg_v, first_v, last_v,
-                                  first_ts, last_ts)
+        INSERT INTO readings_1h AS t (device_id, metric, bucket, cnt, sum_v, min_v, max_v, avg_v,
+                                      first_v, last_v, first_ts, last_ts)
         SELECT device_id, metric, h, sum(cnt)::bigint, sum(sum_v), min(min_v), max(max_v),
                sum(sum_v) / sum(cnt)::double precision,
                (array_agg(first_v ORDER BY first_ts))[1], (array_agg(last_v ORDER BY last_ts DESC))[1],
@@ -89,8 +90,8 @@ BEGIN
             v_source := 'readings_1m';
         END IF;
         EXECUTE format(
-            'INSERT INTO readings_1d AS t (device_id, metric, bucket, cnt, sum_v, min_v, max_v, avg_v, first_v, last_v,
-                                  first_ts, last_ts) '
+            'INSERT INTO readings_1d AS t (device_id, metric, bucket, cnt, sum_v, min_v, max_v, avg_v, '
+            '                              first_v, last_v, first_ts, last_ts) '
             'SELECT device_id, metric, $1, sum(cnt)::bigint, sum(sum_v), min(min_v), max(max_v), '
             '       sum(sum_v) / sum(cnt)::double precision, '
             '       (array_agg(first_v ORDER BY first_ts))[1], (array_agg(last_v ORDER BY last_ts DESC))[1], '
