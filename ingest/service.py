@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -266,7 +264,7 @@ class IngestService:
     # -- receive path (per message: keep it minimal) -------------------------------------------------
     def _on_message(self, message: paho.MQTTMessage, delivery: Delivery) -> None:
         self.unacked += 1
-        item = Inbound(message._topic.decode("utf-8", "replace"), message.payload, time.time(),
+        item = Inbound(message._topic.decode("utf-8", "replace"), bytes(message.payload), time.time(),
                        delivery if message.qos else None)
         if self._batcher.add(item):
             self._wake.set()
@@ -409,13 +407,11 @@ class IngestService:
                     log.exception("store maintenance failed")
 
 
-async def run(config: Config, *, stop: asyncio.Event | None = None, ready_file: Path | None = None) -> None:
+async def run(config: Config, *, stop: asyncio.Event | None = None) -> None:
     """Run one ingest worker until `stop` is set (the CLI sets it on SIGINT/SIGTERM)."""
     service = IngestService.from_config(config)
     stop = stop or asyncio.Event()
     await service.start()
-    if ready_file:
-        ready_file.write_text(str(os.getpid()))
     try:
         await stop.wait()
     finally:

@@ -39,9 +39,10 @@ async def start_health_server(
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    server = site._server
     bound = port
-    if server is not None and getattr(server, "sockets", None):
-        bound = server.sockets[0].getsockname()[1]
+    server: Any = site._server
+    sockets = getattr(server, "sockets", None)
+    if sockets:
+        bound = int(sockets[0].getsockname()[1])
     log.debug("health/metrics on http://%s:%d", host, bound)
     return runner, bound

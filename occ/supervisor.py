@@ -77,7 +77,7 @@ class Supervisor:
         self.var.mkdir(parents=True, exist_ok=True)
         self.var.chmod(0o755)
         path = self.var / "occ-up.lock"
-        handle = open(path, "a+")  # noqa: SIM115 - held for the supervisor's lifetime
+        handle = open(path, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -78,7 +78,7 @@ def parse_yaml(text: str, path: str = "<string>") -> tuple[Any, Lines]:
         if node is None:
             return None, lines
         _walk(node, (), lines.by_key)
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None

@@ -48,8 +48,9 @@ class Publisher:
 
     def __init__(self, mqtt_url: str, *, client_id: str | None = None, protocol: int = paho.MQTTv311) -> None:
         address = BrokerAddress.parse(mqtt_url)
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id or f"pub-{uuid.uuid4().hex[:8]}",
-                                  protocol=protocol)
+        self.client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2, client_id=client_id or f"pub-{uuid.uuid4().hex[:8]}", protocol=protocol
+        )
         self.client.max_inflight_messages_set(1000)
         self.client.max_queued_messages_set(0)
         self.client.connect(address.host, address.port)

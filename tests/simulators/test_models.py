@@ -6,12 +6,11 @@ from collections import defaultdict
 
 import numpy as np
 import orjson
+from conftest import JULY, WEEKDAY_MORNING, RunSim, subset
 
 from occ.models import Device
 from simulators.fleet import Fleet
 from simulators.models.hydromet import HydrometModel
-
-from conftest import JULY, WEEKDAY_MORNING, RunSim, subset
 
 
 def values_by_device(messages: list, channel: str = "telemetry") -> dict[str, list[tuple[float, dict]]]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CONFIG, JULY
 
 from occ.errors import ConfigError
 from occ.yamlfile import parse_yaml
@@ -21,8 +22,6 @@ from simulators.scenario import (
     parse_scenario,
     select,
 )
-
-from conftest import CONFIG, JULY
 
 SHIPPED = ["normal-day", "flash-flood-bac-quang", "camera-outage-storm", "rush-hour-jam-ql2", "sensor-faults",
            "gsm-outage"]

@@ -1,0 +1,1 @@
+"""REST API, live websocket gateway and wall display (a later issue builds it)."""
