@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import select
 import socket
 import ssl
 from collections.abc import Callable, Sequence
@@ -281,6 +282,13 @@ class MqttClient:
 
     def _on_misc(self) -> None:
         if self._sock is not None:
+            if self._paused and self._input_waiting():
+                # Reading is paused on purpose (backpressure), so paho sees no bytes arrive and would close a
+                # healthy connection after two keepalive periods (a database outage longer than ~60 s).
+                # Bytes waiting unread prove the broker is alive; paho still sends its PINGREQs.
+                client = self._client
+                with client._msgtime_mutex:
+                    client._last_bytes_received = paho.time_func()
             self._client.loop_misc()
             self._misc_handle = self._loop.call_later(1.0, self._on_misc) if self._loop else None
 
@@ -336,6 +344,20 @@ class MqttClient:
     def _unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if self._loop is not None and self._sock is not None and self._in_loop_thread():
             self._loop.remove_writer(self._sock)
+
+    def _input_waiting(self) -> bool:
+        """True when received bytes wait to be read (in our buffer or the socket), without reading them."""
+        sock = self._sock
+        if self._client.buffered():
+            return True
+        if sock is None:
+            return False
+        try:
+            if isinstance(sock, ssl.SSLSocket):
+                return bool(sock.pending()) or bool(select.select([sock], [], [], 0)[0])
+            return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:  # BlockingIOError: nothing waiting
+            return False
 
     def _on_readable(self) -> None:
         client = self._client

@@ -21,7 +21,6 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -33,15 +32,13 @@ from simulators.engine import Simulation
 from simulators.fleet import KINDS, Fleet, load_fleet
 from simulators.load import FORMS as LOAD_FORMS
 from simulators.load import LOAD_METRICS, LoadConfig, run_load, write_device_file
-from simulators.publisher import MODES, PROTOCOLS, JsonlOutput, MqttOutput, parse_mqtt_url, read_jsonl
+from simulators.publisher import MODES, PROTOCOLS, TRANSPORTS, JsonlOutput, MqttOutput, parse_mqtt_url, read_jsonl
 from simulators.runner import Output, Progress, replay, run
 from simulators.scenario import (
     ScenarioSpec,
     available_scenarios,
-    bind,
     check_expectations,
     load_scenarios,
-    parse_scenario,
 )
 from simulators.timeutil import iso_local, parse_duration, parse_start
 
@@ -72,8 +69,13 @@ def _add_broker_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--password", default=os.environ.get("OCC_MQTT_PASSWORD"), help="MQTT password")
     g.add_argument("--topic-prefix", default="occ/v1", help="topic prefix (default occ/v1)")
     g.add_argument("--client-prefix", default=None, help="client id prefix of the connections")
+    g.add_argument("--link-status-prefix", default="occ/sim",
+                   help="where each connection says online/offline (its Last Will): PREFIX/CLIENT_ID/status "
+                        "(default occ/sim, outside the device tree)")
     g.add_argument("--mqtt-version", choices=PROTOCOLS, default="3.1.1",
                    help="MQTT protocol version of the simulated devices (default 3.1.1)")
+    g.add_argument("--transport", choices=TRANSPORTS, default="raw",
+                   help="raw: packets built and batched by the simulator (default); paho: through paho-mqtt")
     g.add_argument("--qos", type=int, choices=(0, 1), default=None,
                    help="QoS of telemetry (status and events are always QoS 1); run default 1, load default 0")
 
@@ -87,8 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="{run,load,scenarios}")
 
-    r = sub.add_parser("run", help="simulate the device catalog (default)",
-                       description="Simulate the device catalog with scenarios; output to MQTT and/or JSON lines.")
+    r = sub.add_parser("run", help="simulate the device catalog (default)", prog="occ simulate [run]",
+                       description="Simulate the device catalog with scenarios; output to MQTT and/or JSON lines.",
+                       epilog="Other commands: `occ simulate load --help` (benchmark load), "
+                              "`occ simulate scenarios [validate FILE …]`. See simulators/README.md.")
     _add_broker_options(r)
     c = r.add_argument_group("catalog and scenarios")
     c.add_argument("--config-dir", default=os.environ.get("OCC_CONFIG_DIR", "config"),
@@ -108,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     pace.add_argument("--speed", type=float, default=None, help="simulated seconds per wall second (default 1)")
     pace.add_argument("--fast", action="store_true", help="as fast as possible, simulated timestamps")
     t.add_argument("--start", default=None,
-                   help="simulated start: ISO-8601 (local +07:00 if no offset), 'now' or '-2d' (before now)")
+                   help="simulated start: ISO-8601 (local +07:00 if no offset), 'now', or before now as "
+                        "--start=-2d or --start '2d ago'")
     t.add_argument("--duration", default=None,
                    help="simulated length (90s, 6h, 3d, or 'forever'); default: the scenarios' duration")
     t.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same stream")
@@ -227,7 +232,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 mqtt_out = MqttOutput(address, mode=args.mode, connections=args.connections,
                                       client_prefix=args.client_prefix or default_client_prefix("replay"),
                                       topic_prefix=args.topic_prefix, keepalive=args.keepalive,
-                                      protocol=args.mqtt_version)
+                                      protocol=args.mqtt_version, transport=args.transport,
+                                  link_status_prefix=args.link_status_prefix)
+                mqtt_out.stop = stop
                 mqtt_out.start()
                 outputs.append(mqtt_out)
             if args.out:
@@ -253,7 +260,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                                   client_prefix=args.client_prefix or default_client_prefix("sim"),
                                   topic_prefix=args.topic_prefix, keepalive=args.keepalive,
                                   device_ids=[d.id for d in sim.devices], device_status_topics=sim.status_topics,
-                                  protocol=args.mqtt_version)
+                                  protocol=args.mqtt_version, transport=args.transport,
+                                  link_status_prefix=args.link_status_prefix)
+            mqtt_out.stop = stop
             mqtt_out.start()
             outputs.append(mqtt_out)
         if args.out:
@@ -294,7 +303,8 @@ def cmd_load(args: argparse.Namespace) -> int:
                          kind=args.kind, connections=args.connections,
                          client_prefix=args.client_prefix or default_client_prefix("load"),
                          topic_prefix=args.topic_prefix, seed=args.seed, ts_format=args.ts,
-                         protocol=args.mqtt_version)
+                         protocol=args.mqtt_version, transport=args.transport,
+                                  link_status_prefix=args.link_status_prefix)
         if args.write_devices:
             write_device_file(cfg, args.write_devices)
             print(f"wrote {cfg.devices} devices to {args.write_devices}", file=sys.stderr)
@@ -358,8 +368,8 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point for `occ simulate …` (the lead's CLI passes the remaining arguments)."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if not args_list or args_list[0] not in (*COMMANDS, "-h", "--help"):
-        args_list = ["run", *args_list]
+    if not args_list or args_list[0] not in COMMANDS:
+        args_list = ["run", *args_list]  # `run` is the default command, `occ simulate --help` shows its options
     args = build_parser().parse_args(args_list)
     if args.command == "load":
         return cmd_load(args)
@@ -374,7 +384,7 @@ def demo_argv(mqtt_url: str | None = None, *, speed: float = DEMO_SPEED, config_
     The run starts a day in the past and plays it at `speed` (a day in 24 minutes at 60×) until it catches up
     with the present, then continues in real time, so the wall display fills at once and never shows
     timestamps from the future."""
-    argv = ["run", "--scenario", DEMO_SCENARIO, "--speed", f"{speed:g}", "--start", "-1d", "--duration", "forever",
+    argv = ["run", "--scenario", DEMO_SCENARIO, "--speed", f"{speed:g}", "--start=-1d", "--duration", "forever",
             "--config-dir", config_dir, "--quiet"]
     if mqtt_url:
         argv += ["--mqtt-url", mqtt_url]
@@ -384,16 +394,6 @@ def demo_argv(mqtt_url: str | None = None, *, speed: float = DEMO_SPEED, config_
 def demo_main(mqtt_url: str | None = None, *, speed: float = DEMO_SPEED, config_dir: str = "config") -> int:
     """Run the demo in this process until SIGINT/SIGTERM (for `occ up --demo`)."""
     return main(demo_argv(mqtt_url, speed=speed, config_dir=config_dir))
-
-
-def validate_scenario_file(path: str | Path, fleet: Fleet) -> list[ScenarioSpec]:
-    """Parse and bind one scenario file (raises ConfigError with file, line and reason)."""
-    from occ.yamlfile import load_yaml
-
-    data, lines = load_yaml(path)
-    spec, _ = parse_scenario(data, lines, fleet.metrics)
-    bind([spec], fleet, time.time(), 0)
-    return [spec]
 
 
 if __name__ == "__main__":

@@ -64,6 +64,8 @@ class LoadConfig:
     ts_format: str = "iso"  # iso | s | ms
     interval_s: float = 60.0  # spacing of the timestamps inside one array / SenML message
     protocol: str = "3.1.1"
+    transport: str = "raw"
+    link_status_prefix: str = "occ/sim"
 
     def device_ids(self) -> list[str]:
         return [f"{self.id_prefix}-{self.kind}-{i:05d}" for i in range(self.devices)]
@@ -205,7 +207,9 @@ def run_load(
     stop = stop or threading.Event()
     factory = PayloadFactory(cfg)
     output = MqttOutput(address, mode="pool", connections=cfg.connections, client_prefix=cfg.client_prefix,
-                        topic_prefix=cfg.topic_prefix, protocol=cfg.protocol)
+                        topic_prefix=cfg.topic_prefix, protocol=cfg.protocol, transport=cfg.transport,
+                        link_status_prefix=cfg.link_status_prefix)
+    output.stop = stop
     output.start()
     links = output.links
     nlinks = len(links)

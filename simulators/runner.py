@@ -42,13 +42,13 @@ class Progress:
     def __init__(self, stream: TextIO | None = None, every_s: float = 2.0, enabled: bool = True) -> None:
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.every_s = every_s if self.tty else max(every_s, 10.0)
+        self.every_s = every_s if self.tty else max(every_s, 60.0)  # logs: a line a minute at most
         self.enabled = enabled
         self._last = time.monotonic()
         self._last_count = 0
         self._wrote = False
 
-    def update(self, text_fn: object, count: int, force: bool = False) -> None:
+    def update(self, label: str, count: int, force: bool = False) -> None:
         if not self.enabled:
             return
         now = time.monotonic()
@@ -56,7 +56,7 @@ class Progress:
             return
         rate = (count - self._last_count) / max(now - self._last, 1e-9)
         self._last, self._last_count = now, count
-        text = f"{text_fn} | {count:,} msgs | {rate:,.0f} msg/s"
+        text = f"{label} | {count:,} msgs | {rate:,.0f} msg/s"
         if self.tty:
             self.stream.write("\r" + text[:160].ljust(100))
             self._wrote = True

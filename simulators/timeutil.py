@@ -7,6 +7,7 @@ saving, so the offset is a constant rather than a tz database lookup.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 
 import numpy as np
@@ -48,12 +49,14 @@ def parse_timestamp(text: str) -> float:
 
 
 def parse_start(text: str, now: float) -> float:
-    """`--start`: "now", a relative "-2d" / "-6h" (before now), or an ISO-8601 timestamp."""
+    """`--start`: "now", a relative "-2d" / "6h ago" (before now), or an ISO-8601 timestamp."""
     s = text.strip()
     if s == "now":
         return now
     if s.startswith("-"):
         return now - parse_duration(s[1:])
+    if s.endswith(" ago"):
+        return now - parse_duration(s[:-4])
     return parse_timestamp(s)
 
 
@@ -84,7 +87,7 @@ def iso_local(t: float) -> str:
     return datetime.fromtimestamp(round(t), LOCAL_TZ).isoformat()
 
 
-def iso_local_many(ts: np.ndarray) -> list[str]:
+def iso_local_many(ts: np.ndarray | Sequence[float]) -> list[str]:
     """Vectorised `iso_local` (numpy formats the shifted UTC value; the offset is appended)."""
     secs = np.round(np.asarray(ts, dtype=np.float64)).astype(np.int64) + LOCAL_OFFSET_S
     text = np.datetime_as_string(secs.astype("datetime64[s]"), unit="s")

@@ -16,6 +16,7 @@ import os
 import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,21 @@ def mosquitto_path() -> str | None:
     )
 
 
+def _reachable(path: Path, user: pwd.struct_passwd) -> bool:
+    """Whether `user` can traverse every parent folder of `path` (mode bits only; no ACLs)."""
+    for parent in path.parents:
+        st = parent.stat()
+        if st.st_uid == user.pw_uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid == user.pw_gid:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
 class EmbeddedBroker:
     """A broker child process with its config and persistence under `data_dir`."""
 
@@ -126,13 +142,19 @@ class EmbeddedBroker:
             user_line = "user root"
             if os.geteuid() == 0:
                 try:
-                    entry = pwd.getpwnam("mosquitto")
+                    entry: pwd.struct_passwd | None = pwd.getpwnam("mosquitto")
+                except KeyError:
+                    entry = None
+                if entry is not None and _reachable(self.data_dir, entry):
                     os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
                     for child in self.data_dir.iterdir():
                         os.chown(child, entry.pw_uid, entry.pw_gid)
                     user_line = "user mosquitto"
-                except KeyError:
-                    pass
+                elif entry is not None:
+                    # Dropping to `mosquitto` would leave it unable to write its persistence file and log
+                    # (it only says so on stderr, and then loses every queued message on a restart).
+                    log.warning("%s is not reachable by the mosquitto user; the embedded broker runs as root",
+                                self.data_dir)
             conf = self.data_dir / "mosquitto.conf"
             conf.write_text(MOSQUITTO_CONF.format(port=self.port, data=self.data_dir, user_line=user_line))
             return [exe, "-c", str(conf)]

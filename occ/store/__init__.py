@@ -4,7 +4,7 @@ All SQL lives in this package.
 """
 
 from occ.store.history import parse_bucket
-from occ.store.migrate import MigrateResult, MigrationError, migrate
+from occ.store.migrator import MigrateResult, MigrationError, migrate
 from occ.store.records import (
     DeadLetterRecord,
     DeviceStatus,

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from occ.store.migrate import MIGRATION_LOCK_KEY
+from occ.store.migrator import MIGRATION_LOCK_KEY
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from occ.models import DeadLetter, Device, Event, ReadingRow, StatusChange
 from occ.store import history as hist
 from occ.store import maintenance, rollups
 from occ.store.connection import create_pool, translate_errors
-from occ.store.migrate import MigrateResult, MigrationError
-from occ.store.migrate import migrate as run_migrations
+from occ.store.migrator import MigrateResult, MigrationError
+from occ.store.migrator import migrate as run_migrations
 from occ.store.records import (
     DeadLetterRecord,
     DeviceStatus,

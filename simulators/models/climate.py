@@ -8,6 +8,8 @@ overrides the district factor.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 # Mean monthly rainfall at Hà Giang city, mm (Jan … Dec).
@@ -36,7 +38,19 @@ AREA_RAIN_FACTOR = {
 }
 
 
+@lru_cache(maxsize=4096)
+def _interp_cached(name: str, doy_centi: int) -> float:
+    table = {"rain": MONTHLY_RAIN_MM, "temp": MONTHLY_TEMP_C, "rh": MONTHLY_RH_PCT}[name]
+    return _monthly_interp_raw(table, doy_centi / 100.0)
+
+
 def _monthly_interp(table: np.ndarray, doy: float) -> float:
+    """Cached to 1/100 day (15 minutes): the models ask every step, the answer changes slowly."""
+    name = "rain" if table is MONTHLY_RAIN_MM else "temp" if table is MONTHLY_TEMP_C else "rh"
+    return _interp_cached(name, int(doy * 100.0) % 36500)
+
+
+def _monthly_interp_raw(table: np.ndarray, doy: float) -> float:
     """Smooth value for a fractional day of year from a 12-month table (centred mid-month, periodic)."""
     mids = (np.cumsum(DAYS_IN_MONTH) - DAYS_IN_MONTH / 2.0)
     xs = np.concatenate(([mids[-1] - 365.0], mids, [mids[0] + 365.0]))

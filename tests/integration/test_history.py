@@ -364,7 +364,8 @@ async def test_partitions_are_created_ahead(store: Store, database_url: str) -> 
 async def test_far_backfill_lands_in_the_default_partition_then_moves(store: Store, database_url: str) -> None:
     now = datetime.now(UTC)
     old = now - timedelta(days=300)
-    result = await store.write_batch([("st1", "rain_mm", old, 5.0, 0), ("st1", "rain_mm", now, 6.0, 0)], received_at=now)
+    batch = [("st1", "rain_mm", old, 5.0, 0), ("st1", "rain_mm", now, 6.0, 0)]
+    result = await store.write_batch(batch, received_at=now)
     assert result.inserted == 2
     conn = await asyncpg.connect(database_url)
     try:

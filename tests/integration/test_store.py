@@ -17,7 +17,7 @@ import pytest
 from occ.errors import StoreUnavailable
 from occ.models import DeadLetter, Device, Event, StatusChange
 from occ.store import MigrationError, Store, migrate
-from occ.store.migrate import discover
+from occ.store.migrator import discover
 
 T0 = datetime(2026, 11, 27, 1, 0, tzinfo=UTC)
 
@@ -241,8 +241,10 @@ async def test_events_statuses_dead_letters_and_unprovisioned(store: Store) -> N
     # An older status is history we missed, not the current state; a repeat is not a transition.
     later = await store.write_batch(
         [],
-        statuses=[StatusChange("st1", "online", T0 + timedelta(minutes=1)),
-                  StatusChange("st1", "offline", T0 + timedelta(minutes=9))],  # fmt: skip
+        statuses=[
+            StatusChange("st1", "online", T0 + timedelta(minutes=1)),
+            StatusChange("st1", "offline", T0 + timedelta(minutes=9)),
+        ],
         received_at=T0 + timedelta(minutes=10),
     )
     assert later.status_changes == 0

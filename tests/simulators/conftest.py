@@ -2,36 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import pytest
+from simhelpers import CONFIG, JULY, RunSim
 
 from simulators.engine import Message, Simulation
 from simulators.fleet import Fleet, load_fleet
-from simulators.scenario import ScenarioSpec, load_scenarios
-from simulators.timeutil import parse_timestamp
-
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "config"
-JULY = parse_timestamp("2026-07-14T00:00:00+07:00")
-WEEKDAY_MORNING = parse_timestamp("2026-11-23T06:00:00+07:00")  # a Monday
-
-RunSim = Callable[..., tuple[Simulation, list[Message]]]
+from simulators.scenario import ScenarioSpec
 
 
 @pytest.fixture(scope="session")
 def fleet() -> Fleet:
     return load_fleet(config_dir=CONFIG)
-
-
-def subset(fleet: Fleet, ids: Sequence[str] = (), kinds: Sequence[str] = ()) -> Fleet:
-    devices = [d for d in fleet.devices if d.id in ids or d.kind in kinds]
-    return Fleet(devices, fleet.areas, fleet.metrics)
-
-
-def scenarios(*names: str) -> list[ScenarioSpec]:
-    return load_scenarios(list(names), CONFIG, load_fleet(config_dir=CONFIG).metrics)
 
 
 @pytest.fixture
@@ -47,3 +30,5 @@ def run_sim() -> RunSim:
         return sim, out
 
     return run
+
+

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from conftest import JULY, RunSim, scenarios, subset
+from simhelpers import JULY, RunSim, scenarios, subset
 
 from simulators.engine import Message
 from simulators.fleet import Fleet

@@ -6,7 +6,7 @@ from collections import defaultdict
 
 import numpy as np
 import orjson
-from conftest import JULY, WEEKDAY_MORNING, RunSim, subset
+from simhelpers import JULY, WEEKDAY_MORNING, RunSim, subset
 
 from occ.models import Device
 from simulators.fleet import Fleet
@@ -41,7 +41,7 @@ def test_bac_quang_is_wetter_than_the_karst_plateau(fleet: Fleet, run_sim: RunSi
         for device, rows in values_by_device(messages).items():
             area = hydromet.by_id()[device].area or ""
             totals[area] += sum(v.get("rain_mm", 0.0) for _, v in rows)
-    counts = defaultdict(int)
+    counts: dict[str, int] = defaultdict(int)
     for d in hydromet.devices:
         counts[d.area or ""] += 1
     mean = {a: totals[a] / counts[a] for a in counts}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CONFIG, JULY
+from simhelpers import CONFIG, JULY
 
 from occ.errors import ConfigError
 from occ.yamlfile import parse_yaml

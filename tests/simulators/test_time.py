@@ -41,6 +41,7 @@ def test_start_forms() -> None:
     now = 1_800_000_000.0
     assert parse_start("now", now) == now
     assert parse_start("-2d", now) == now - 2 * 86400
+    assert parse_start("6h ago", now) == now - 6 * 3600
     assert parse_start("2026-07-14T00:00:00+07:00", now) == parse_timestamp("2026-07-14T00:00:00+07:00")
 
 
