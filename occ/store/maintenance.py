@@ -114,12 +114,13 @@ async def _configure_timescale(conn: asyncpg.Connection, settings: StoreSettings
         log.info("setting the readings retention policy to %s days", settings.retention_days)
         await conn.execute("SELECT remove_retention_policy('readings', if_exists => true)")
         await conn.execute("SELECT add_retention_policy('readings', drop_after => $1::interval)", retention)
+    # The jobs view names a continuous aggregate's job by the view (recent releases) or by its
+    # materialization hypertable (older ones): accept either.
     same = await conn.fetchval(
-        "SELECT count(*) FROM timescaledb_information.jobs AS j "
-        "JOIN timescaledb_information.continuous_aggregates AS c "
-        "ON j.hypertable_schema = c.materialization_hypertable_schema "
-        "AND j.hypertable_name = c.materialization_hypertable_name "
-        "WHERE c.view_name = 'readings_1m' AND j.proc_name = 'policy_retention' "
+        "SELECT count(*) FROM timescaledb_information.jobs AS j WHERE j.proc_name = 'policy_retention' "
+        "AND (j.hypertable_name = 'readings_1m' OR (j.hypertable_schema, j.hypertable_name) IN ("
+        "SELECT materialization_hypertable_schema, materialization_hypertable_name "
+        "FROM timescaledb_information.continuous_aggregates WHERE view_name = 'readings_1m')) "
         "AND (j.config->>'drop_after')::interval = $1::interval",
         retention,
     )

@@ -221,7 +221,7 @@ async def _detect_mode(url: str, want: str, connect_kwargs: Mapping[str, Any]) -
             return "plain", None
         version = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
     finally:
-        await conn.close()
+        await conn.close(timeout=5)
     return _check_version(version, want)
 
 
@@ -296,7 +296,7 @@ async def migrate(
             if not conn.is_closed():
                 await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
     finally:
-        await conn.close()
+        await conn.close(timeout=5)
 
 
 async def _migrate_locked(
