@@ -365,6 +365,18 @@ class IngestService:
                 self.metrics.write_retries.inc()
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, self.retry_max_s)
+            except Exception:
+                # Not recognised as an outage (e.g. asyncpg's InternalClientError from a connection broken by a
+                # server shutdown). Letting it end this loop would leave ingest holding its messages forever
+                # while /healthz says OK; instead report it, keep the batch and retry (the pool has dropped
+                # the broken connection by now).
+                log.exception("writing a batch of %d messages failed; holding it and retrying", len(batch.messages))
+                if down_since is None:
+                    down_since = time.monotonic()
+                self.database_up = False
+                self.metrics.write_retries.inc()
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, self.retry_max_s)
         if down_since is not None:
             log.warning("database recovered after %.1f s; catching up", time.monotonic() - down_since)
         self.database_up = True

@@ -1,8 +1,13 @@
-"""The OCC store: PostgreSQL or TimescaleDB behind one API (ARCHITECTURE §4).
+"""The OCC store: PostgreSQL or TimescaleDB behind one API (ARCHITECTURE §4). All SQL lives in this package.
 
-All SQL lives in this package.
+    store = await Store.connect(url, timezone="Asia/Ho_Chi_Minh")   # migrates, one per process
+    result = await store.write_batch(rows, events=..., statuses=..., dead_letters=..., received_at=now)
+    points = await store.history("HG-BQ-RG01", "rain_mm", start, end, bucket="day", agg="sum", day_start_hour=7)
+
+Connection failures raise occ.errors.StoreUnavailable (ConnectionLost when an open connection broke).
 """
 
+from occ.store.connection import ConnectionLost
 from occ.store.history import parse_bucket
 from occ.store.migrator import MigrateResult, MigrationError, migrate
 from occ.store.records import (
@@ -18,6 +23,7 @@ from occ.store.records import (
 from occ.store.store import Store
 
 __all__ = [
+    "ConnectionLost",
     "DeadLetterRecord",
     "DeviceStatus",
     "HistoryPoint",

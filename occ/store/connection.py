@@ -6,6 +6,9 @@ retries (ARCHITECTURE §3); every other database error propagates unchanged.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,6 +17,8 @@ import asyncpg
 import orjson
 
 from occ.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
 
 SERVER_SETTINGS: Mapping[str, str] = {
     "application_name": "occ",
@@ -32,6 +37,11 @@ _TRANSIENT_POSTGRES_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.TooManyConnectionsError,  # 53300
     asyncpg.exceptions.ReadOnlySQLTransactionError,  # 25006: a failover left us on a replica
 )
+
+
+class ConnectionLost(StoreUnavailable):
+    """An established connection broke (server restart, network cut, backend terminated). The statement may
+    or may not have committed; idempotent work can retry at once on a fresh connection."""
 
 
 def is_connection_error(exc: BaseException) -> bool:
@@ -66,16 +76,73 @@ async def translate_errors() -> AsyncIterator[None]:
         raise
 
 
+def _lost(exc: BaseException, conn: asyncpg.Connection) -> bool:
+    if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
+        return False
+    # A server shutdown message arriving on an idle connection can leave asyncpg's protocol in a state where
+    # the next statement fails with InternalClientError ("cannot switch to state ..."): the session is gone.
+    if is_connection_error(exc) or isinstance(exc, asyncpg.exceptions.InternalClientError):
+        return True
+    return _is_closed(conn)
+
+
+def _is_closed(conn: asyncpg.Connection) -> bool:
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:  # the pool already took back a connection that closed under us
+        return True
+
+
+@asynccontextmanager
+async def pooled(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A pool connection. Failing to get one raises StoreUnavailable; losing it while in use raises
+    ConnectionLost (and the broken connection is discarded, never handed out again)."""
+    async with translate_errors():
+        conn = await pool.acquire()
+    try:
+        yield conn
+    except BaseException as exc:
+        if _lost(exc, conn):
+            with contextlib.suppress(Exception):
+                conn.terminate()
+                await pool.release(conn)
+            error = ConnectionLost(f"database connection lost: {str(exc) or type(exc).__name__}")
+            raise error from exc
+        await _release(pool, conn)
+        raise
+    await _release(pool, conn)
+
+
+async def _release(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+    # The work is done (committed or rolled back); a connection that fails its reset is terminated by asyncpg
+    # and replaced later, which is no reason to report the work as failed.
+    try:
+        await pool.release(conn)
+    except Exception as exc:
+        log.debug("discarding a connection that failed to reset: %s", exc)
+
+
 def _json_dumps(value: Any) -> str:
     text = orjson.dumps(value).decode()
     # jsonb rejects \u0000; a device sending one must not make its whole batch fail forever.
     return text.replace("\\u0000", "\\ufffd") if "\\u0000" in text else text
 
 
+# Session-private staging tables for the write path, made once per pooled connection. ON COMMIT DELETE ROWS
+# empties them at the end of each transaction that used them, without the catalog churn of TRUNCATE.
+STAGING_TABLES = (
+    "CREATE TEMP TABLE IF NOT EXISTS occ_staging (seq bigint GENERATED ALWAYS AS IDENTITY, device_id text, "
+    "metric text, ts timestamptz, value double precision, quality smallint) ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS occ_latest_staging (device_id text, metric text, ts timestamptz, "
+    "value double precision, quality smallint) ON COMMIT DELETE ROWS",
+)
+
+
 async def init_connection(conn: asyncpg.Connection) -> None:
-    """Per-connection setup: jsonb as Python objects (orjson both ways)."""
+    """Per-connection setup: jsonb as Python objects (orjson both ways), staging tables."""
     await conn.set_type_codec("jsonb", encoder=_json_dumps, decoder=orjson.loads, schema="pg_catalog")
     await conn.set_type_codec("json", encoder=_json_dumps, decoder=orjson.loads, schema="pg_catalog")
+    await conn.execute(";".join(STAGING_TABLES))
 
 
 async def connect_one(url: str, *, connect_timeout: float = 10.0, **kwargs: Any) -> asyncpg.Connection:

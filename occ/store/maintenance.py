@@ -20,8 +20,9 @@ from occ.store.migrator import MIGRATION_LOCK_KEY
 log = logging.getLogger(__name__)
 
 MAINTENANCE_LOCK_KEY = int.from_bytes(b"OCC:MNTN", "big", signed=True)
-LOCK_TIMEOUT = "5s"
-"""DDL on the readings table waits at most this long for a lock, so it never stalls ingest behind it."""
+LOCK_TIMEOUT = "1s"
+"""Partition DDL waits at most this long for a lock (writers queue behind a waiting DDL); when it cannot get
+it, the step is reported and retried at the next maintenance."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from occ.errors import StoreUnavailable
-from occ.models import DeadLetter, Device, Event, StatusChange
+from occ.models import DeadLetter, Device, Event, Quality, StatusChange
 from occ.store import MigrationError, Store, migrate
 from occ.store.migrator import discover
 
@@ -80,6 +80,14 @@ async def test_migrate_rerun_is_a_noop(database_url: str) -> None:
     assert again.applied == []
     assert again.mode == "plain"
     assert await fetch(database_url, "SELECT * FROM occ_schema_migrations ORDER BY version") == before
+
+
+async def test_upgrade_applies_only_new_versions(database_url: str) -> None:
+    files = discover()
+    first = await migrate(database_url, timescaledb="off", migrations=files[:-1])
+    assert first.applied == [m.version for m in files[:-1]]
+    upgrade = await migrate(database_url, timescaledb="off")
+    assert upgrade.applied == [files[-1].version]
 
 
 async def test_concurrent_migrations_are_safe(database_url: str) -> None:
@@ -280,6 +288,17 @@ async def test_a_failing_batch_stores_nothing(store: Store, database_url: str) -
     assert (await store.write_batch(rows_at(T0, 10), received_at=T0)).inserted == 10
 
 
+async def test_value_and_quality_types(store: Store, database_url: str) -> None:
+    # Decoders may hand over ints, bools and Quality flags; all are stored as float8 / smallint.
+    batch = [
+        ("st1", "rain_mm", T0, 5, Quality.OUT_OF_RANGE),
+        ("st1", "door_open", T0, True, Quality.OUT_OF_RANGE | Quality.UNKNOWN_METRIC),
+    ]
+    assert (await store.write_batch(batch, received_at=T0)).inserted == 2  # type: ignore[arg-type]
+    latest = {v.metric: (v.value, v.quality) for v in await store.latest()}
+    assert latest == {"rain_mm": (5.0, 1), "door_open": (1.0, 3)}
+
+
 async def test_write_batch_requires_aware_times(store: Store) -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         await store.write_batch([], received_at=datetime(2026, 1, 1))
@@ -442,6 +461,33 @@ async def test_store_unavailable_when_the_connection_is_cut(database_url: str) -
         result = await store.write_batch(batch, received_at=T0)
         assert (result.inserted, result.duplicates) == (10, 0)
         assert await fetchval(database_url, "SELECT count(*) FROM readings") == 20
+        # A blip between two batches (every pooled connection dead, server already back): the next batch
+        # goes through at once on fresh connections instead of failing once per stale connection.
+        assert await store.ping() >= 0
+        await proxy.cut()
+        await proxy.start()
+        assert (await store.write_batch(rows_at(T0 + timedelta(hours=1), 5), received_at=T0)).inserted == 5
     finally:
         await store.close()
         await proxy.stop()
+
+
+async def test_terminated_backends_are_replaced(store: Store, database_url: str) -> None:
+    """The server ends our sessions (restart, failover, an operator): the next batch is written anyway."""
+    async def hold_two() -> None:
+        async with store._connection() as a, store._connection() as b:  # two live pooled connections
+            await a.fetchval("SELECT 1")
+            await b.fetchval("SELECT 1")
+
+    await hold_two()
+    conn = await asyncpg.connect(database_url)
+    try:
+        killed = await conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name = 'occ'"
+        )
+        assert killed >= 2
+    finally:
+        await conn.close()
+    await asyncio.sleep(0.2)  # let the termination notices arrive on the idle connections
+    assert (await store.write_batch(rows_at(T0, 7), received_at=T0)).inserted == 7

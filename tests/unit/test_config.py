@@ -57,7 +57,7 @@ def test_yaml_syntax_error_and_duplicate_key_give_the_line(tmp_path: Path) -> No
 
 
 def test_bad_environment_value_names_the_setting() -> None:
-    with pytest.raises(ConfigError, match="ingest.batch_max"):
+    with pytest.raises(ConfigError, match=r"ingest\.batch_max"):
         load_config([], environ={"OCC_INGEST__BATCH_MAX": "lots"})
     with pytest.raises(ConfigError, match="unknown setting"):
         load_config([], environ={"OCC_INGEST__NOPE": "1"})
