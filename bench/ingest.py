@@ -338,9 +338,25 @@ class Bench:
             await store.close()
 
     async def truncate(self) -> None:
+        """Empty the ingest's tables and checkpoint, so that no scenario pays for the previous one's writes
+        (a checkpoint triggered by (b)'s WAL would otherwise land in the latency run)."""
         conn = await asyncpg.connect(self.db_url)
         try:
             await conn.execute("TRUNCATE readings, latest, rollup_dirty, dead_letters")
+            with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+                await conn.execute("CHECKPOINT")
+        finally:
+            await conn.close()
+
+    async def checkpoints(self) -> int | None:
+        """Checkpoints completed so far by the server (to tell when one fell inside a scenario)."""
+        conn = await asyncpg.connect(self.db_url)
+        try:
+            for sql in ("SELECT num_timed + num_requested FROM pg_stat_checkpointer",  # PostgreSQL 17+
+                        "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"):
+                with contextlib.suppress(asyncpg.PostgresError):
+                    return int(await conn.fetchval(sql))
+            return None
         finally:
             await conn.close()
 
@@ -486,31 +502,50 @@ class Bench:
         path.write_text("".join(lines))
 
     async def mosquitto_sub(self) -> Phase:
+        """`mosquitto_sub -q 1 -C N`, twice: (1) live, while the publishers publish N messages; (2) draining
+        N messages the broker queued for its persistent session beforehand (the pure receive rate, the way
+        the backfill is measured). The figure is the higher of the two: the C tool's limit."""
         phase = Phase("mosquitto_sub")
         exe = shutil.which("mosquitto_sub")
         if exe is None:
             log("mosquitto_sub not installed: skipping the broker C-tool limit")
-            phase.figures["mosquitto_sub_msgs_per_s"] = None
             return phase
         n = self.o.sub_messages
-        host, port = urlsplit(self.mqtt_url).hostname or "127.0.0.1", urlsplit(self.mqtt_url).port or 1883
-        sub = await asyncio.create_subprocess_exec(
-            exe, "-h", host, "-p", str(port), "-q", "1", "-C", str(n), "-W", "300", "-t", "bench/csub/#",
-            "-i", f"bench-csub-{self.run_id}", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        parts = urlsplit(self.mqtt_url)
+        base = [exe, "-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 1883), "-q", "1"]
+
+        async def run_sub(*args: str) -> float:
+            process = await asyncio.create_subprocess_exec(*base, *args, stdout=subprocess.DEVNULL,
+                                                           stderr=subprocess.PIPE)
+            _, err = await process.communicate()
+            if process.returncode != 0:
+                raise RuntimeError(f"mosquitto_sub {' '.join(args)} failed: {err.decode().strip()}")
+            return time.time()
+
+        # (1) live
+        live = asyncio.create_task(run_sub("-C", str(n), "-W", "300", "-t", "bench/csub/#",
+                                           "-i", f"bench-csub-{self.run_id}"))
         await asyncio.sleep(1.0)  # let it subscribe
         publishers, _ = await self.spawn_publishers("single", prefix="bench/csub", count=n, tag="csub-")
-        await sub.wait()
-        done = time.time()
+        done = await live
         results = await self.collect(publishers)
         started = min(r["started"] for r in results)
-        published_at = max(r["acked_done"] for r in results)
-        if sub.returncode != 0:
-            raise RuntimeError(f"mosquitto_sub failed ({sub.returncode})")
-        rate = n / (done - started)
-        phase.figures.update(mosquitto_sub_msgs_per_s=rate,
-                             mosquitto_sub_publish_msgs_per_s=n / (published_at - started))
-        log(f"mosquitto_sub -q 1 -C {n:,}: {done - started:.2f} s = {rate:,.0f} msg/s "
-            f"(publishers {n / (published_at - started):,.0f} msg/s)")
+        live_rate = n / (done - started)
+        publish_rate = n / (max(r["acked_done"] for r in results) - started)
+        # (2) drain a queue
+        client = f"bench-csubq-{self.run_id}"
+        await run_sub("-c", "-i", client, "-t", "bench/csubq/#", "-E")  # persistent session, subscribed
+        publishers, _ = await self.spawn_publishers("single", prefix="bench/csubq", count=n, tag="csubq-")
+        await self.collect(publishers)
+        began = time.time()
+        drained = await run_sub("-c", "-i", client, "-t", "bench/csubq/#", "-C", str(n), "-W", "300")
+        drain_rate = n / (drained - began)
+        await run_sub("-i", client, "-t", "bench/csubq/#", "-E")  # a clean session discards the persistent one
+        phase.figures.update(mosquitto_sub_msgs_per_s=max(live_rate, drain_rate), mosquitto_sub_live_msgs_per_s=
+                             live_rate, mosquitto_sub_drain_msgs_per_s=drain_rate,
+                             mosquitto_sub_publish_msgs_per_s=publish_rate)
+        log(f"mosquitto_sub -q 1 -C {n:,}: live {live_rate:,.0f} msg/s (publishers {publish_rate:,.0f} msg/s); "
+            f"draining a queued session {drain_rate:,.0f} msg/s")
         return phase
 
     # -- scenarios --------------------------------------------------------------------------------------
@@ -594,6 +629,7 @@ class Bench:
         await self.truncate()
         per_message = READINGS_PER_MESSAGE[shape]
         before, acked_before = await self.ingest_counters()
+        checkpoints = await self.checkpoints()
         backlog = BACKLOG_MESSAGES
         publishers, start_at = await self.spawn_publishers(shape, duration=self.o.duration, backlog=backlog)
         t1, t2 = start_at + self.o.warmup, start_at + self.o.duration
@@ -611,10 +647,11 @@ class Bench:
         overall = sent * per_message / (drained_at - start_at)  # ramp-up and final drain included
         published_rate = sum(r["sent"] for r in results) / (published_until - start_at)
         stored, letters = await self.stored()
+        checkpoints = _delta(await self.checkpoints(), checkpoints)
         lost = sent * per_message - stored
         phase.figures.update(
             readings_per_s=rate, msgs_per_s=rate / per_message, published_msgs_per_s=published_rate,
-            overall_readings_per_s=overall,
+            overall_readings_per_s=overall, checkpoints=checkpoints,
             messages=sent, readings=sent * per_message, stored=stored, lost=lost, dead_letters=letters,
             drain_after_publish_s=drained_at - published_until,
             publisher_cpu_us_per_msg=1e6 * sum(r["cpu_s"] for r in results) / max(1, sent),
@@ -625,6 +662,7 @@ class Bench:
             f"last commit); published {published_rate:,.0f} msg/s; "
             f"{sent:,} msgs, stored {stored:,} readings (lost {lost}, dead letters {letters}); "
             f"backlog drained {drained_at - published_until:.1f} s after publishing stopped; "
+            f"server checkpoints during the run: {checkpoints}; "
             f"CPU % of a core: {fmt_cpu(phase.cpu)}")
         return phase
 
@@ -635,6 +673,7 @@ class Bench:
         await self.truncate()
         duration = self.o.latency_s
         before, _ = await self.ingest_counters()
+        checkpoints = await self.checkpoints()
         publishers, start_at = await self.spawn_publishers("single", duration=duration, rate=rate)
         probe = await asyncio.create_subprocess_exec(
             *publisher_command(self.mqtt_url, shape="probe", client_id=f"bench-probe-{self.run_id}",
@@ -678,7 +717,8 @@ class Bench:
             out.write("publish_time_s,publish_to_commit_ms\n")
             out.writelines(f"{ts:.3f},{1000 * lat:.1f}\n" for ts, lat in latencies)
         committed_rate = self.window_rate(samples, t1, t2)
-        phase.figures.update(
+        checkpoints = _delta(await self.checkpoints(), checkpoints)
+        phase.figures.update(checkpoints=checkpoints,
             offered_msgs_per_s=rate, committed_msgs_per_s=committed_rate,
             achieved_publish_msgs_per_s=sum(r["sent"] for r in loaded) / duration,
             probes=probe_result["acked"], probes_measured=len(measured),
@@ -690,7 +730,8 @@ class Bench:
         log(f"(latency) at {rate:,.0f} msg/s offered ({f['achieved_publish_msgs_per_s']:,.0f} published, "
             f"{committed_rate:,.0f} committed): publish→commit "
             f"p50 {f['p50_commit_ms']:.1f} ms, p90 {f['p90_commit_ms']:.1f} ms, p99 {f['p99_commit_ms']:.1f} ms, "
-            f"max {f['max_commit_ms']:.1f} ms over {len(measured)} probes; CPU: {fmt_cpu(phase.cpu)}")
+            f"max {f['max_commit_ms']:.1f} ms over {len(measured)} probes; server checkpoints during the run: "
+            f"{checkpoints}; CPU: {fmt_cpu(phase.cpu)}")
         return phase
 
     async def baseline(self) -> Phase:
@@ -749,6 +790,7 @@ class Bench:
         readings = acked * READINGS_PER_MESSAGE["backfill"]
         log(f"(backfill) {acked:,} messages ({readings:,} readings) queued at the broker in {pub_s:.1f} s; "
             f"starting the ingest")
+        checkpoints = await self.checkpoints()
         spawned = time.time()
         ready = await self.start_ingest()
         samples: list[Sample] = []
@@ -773,17 +815,19 @@ class Bench:
             raise RuntimeError(f"backfill not drained: {samples[-1].readings:,.0f} of {readings:,} readings")
         cpu1 = {"_t": time.time(), **cpu_snapshot(pids)}
         stored, letters = await self.stored()
+        checkpoints = _delta(await self.checkpoints(), checkpoints)
         rate = readings / (done_at - ready)
         phase.figures.update(
             backfill_readings_per_s=rate, backfill_msgs_per_s=rate / 10, backfill_messages=acked,
             backfill_readings=readings, stored=stored, lost=readings - stored, dead_letters=letters,
             drain_s=done_at - ready, ingest_startup_s=ready - spawned,
-            from_spawn_readings_per_s=readings / (done_at - spawned), publish_s=pub_s,
+            from_spawn_readings_per_s=readings / (done_at - spawned), publish_s=pub_s, checkpoints=checkpoints,
         )
         phase.cpu = self.cpu_split({0.0: cpu0, 1.0: cpu1})
         log(f"(backfill) drained {readings:,} readings in {done_at - ready:.1f} s after the ingest connected "
             f"= {rate:,.0f} readings/s ({readings / (done_at - spawned):,.0f}/s counting its "
             f"{ready - spawned:.1f} s start); stored {stored:,} (lost {readings - stored}, dead letters {letters}); "
+            f"server checkpoints during the drain: {checkpoints}; "
             f"CPU: {fmt_cpu(phase.cpu)}")
         return phase
 
@@ -865,6 +909,8 @@ class Bench:
             "ingest_rss_mb": round(rss, 1) if rss else None,
             "baseline_readings_per_s": baseline,
             "mosquitto_sub_msgs_per_s": sub,
+            "mosquitto_sub_live_msgs_per_s": fig("mosquitto_sub", "mosquitto_sub_live_msgs_per_s"),
+            "mosquitto_sub_drain_msgs_per_s": fig("mosquitto_sub", "mosquitto_sub_drain_msgs_per_s"),
             "psql_copy_rows_per_s": copy,
             "psql_copy_pk_rows_per_s": copy_pk,
             "single_vs_mosquitto_sub": ratio(single, sub),
@@ -872,6 +918,9 @@ class Bench:
             "batched_vs_psql_copy_pk": ratio(batched, copy_pk),
             "batched_vs_baseline": ratio(batched, baseline),
             "backfill_vs_batched": ratio(backfill, batched),
+            "single_overall_msgs_per_s": fig("single", "overall_readings_per_s"),
+            "batched_overall_readings_per_s": fig("batched", "overall_readings_per_s"),
+            "backfill_with_startup_readings_per_s": fig("backfill", "from_spawn_readings_per_s"),
             "lost_readings": sum(lost) if lost else None,
             "dead_letters": sum(letters) if letters else None,
             "ingest_workers": self.o.workers,
@@ -897,6 +946,10 @@ class Bench:
         result["cpu_split_pct"] = {name: {k: round(v) for k, v in phase.cpu.items()}
                                    for name, phase in p.items() if phase.cpu}
         return result
+
+
+def _delta(after: int | None, before: int | None) -> int | None:
+    return None if after is None or before is None else after - before
 
 
 def fmt_cpu(split: dict[str, float]) -> str:

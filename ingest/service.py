@@ -34,12 +34,17 @@ from occ.errors import StoreUnavailable
 from occ.http import start_health_server
 from occ.metrics import Registry
 from occ.models import DeadLetter, Event, ReadingRow, StatusChange
-from occ.store import Store
+from occ.store import Store, WriteResult
 
 log = logging.getLogger(__name__)
 
 REGISTRY_REFRESH_S = 30.0
-UNKNOWN_REFRESH_MIN_S = 1.0
+UNKNOWN_CHECK_MIN_S = 0.1
+"""Batches with unknown devices re-check the registry, at most this often (a flood of unknown ids must not
+turn into a query per batch)."""
+POISON_ATTEMPTS = 3
+"""A batch that fails this often with an error that is not an outage is written message by message, so one
+message the database refuses goes to dead letters instead of blocking the stream."""
 MAINTENANCE_EVERY_S = 300.0
 
 
@@ -160,7 +165,8 @@ class IngestService:
         self._writes: asyncio.Queue[DecodedBatch] = asyncio.Queue(maxsize=2)
         self._tasks: list[asyncio.Task[None]] = []
         self._http_runner: Any = None
-        self._last_registry_refresh = 0.0
+        self._last_registry_check = 0.0
+        self._registry_version: tuple[int, datetime | None] = (0, None)
         self.metrics = IngestMetrics(self)
         self.started = asyncio.Event()
 
@@ -211,7 +217,8 @@ class IngestService:
         ]
         await self.bus.start(wait=True, timeout=60)
         self.started.set()
-        log.info("ingest %s consuming %s (store: %s)", self.client_id, ", ".join(self.topics), self.store.mode)
+        log.info("ingest %s consuming %s (store: %s, health and metrics on http://%s:%s)", self.client_id,
+                 ", ".join(self.topics), self.store.mode, self.http_host, self.bound_http_port)
 
     async def _connect_store(self) -> Store:
         delay = 0.5
@@ -291,8 +298,7 @@ class IngestService:
             messages = batcher.take()
             self.metrics.received.inc(len(messages))
             batch = self._decode(messages)
-            if self._needs_registry_refresh(batch):
-                await self._refresh_registry()
+            if "unknown_device" in batch.reject_reasons and await self._registry_changed():
                 batch = self._decode(messages)
             await self._writes.put(batch)
 
@@ -324,20 +330,35 @@ class IngestService:
                     batch.reject_reasons[key] = batch.reject_reasons.get(key, 0) + 1
         return batch
 
-    def _needs_registry_refresh(self, batch: DecodedBatch) -> bool:
-        if "unknown_device" not in batch.reject_reasons:
+    async def _registry_changed(self) -> bool:
+        """Reload the registry if devices were added or changed since the last load.
+
+        Checked after the message arrived, so a device imported before it published is always found (a timer
+        alone would dead-letter its first messages)."""
+        assert self.store is not None
+        wait = self._last_registry_check + UNKNOWN_CHECK_MIN_S - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self._last_registry_check = time.monotonic()
+        try:
+            version = await self.store.devices_version()
+        except StoreUnavailable:
             return False
-        return time.monotonic() - self._last_registry_refresh >= UNKNOWN_REFRESH_MIN_S
+        if version == self._registry_version:
+            return False
+        await self._refresh_registry()
+        return True
 
     async def _refresh_registry(self) -> None:
         assert self.store is not None
         try:
+            version = await self.store.devices_version()  # before the list: a change in between reloads again
             devices = await self.store.list_devices()
         except StoreUnavailable:
             return
         self.devices = {d.id: d for d in devices}
         self.decoder.set_devices(self.devices)
-        self._last_registry_refresh = time.monotonic()
+        self._registry_version = version
 
     # -- write path ---------------------------------------------------------------------------------
     async def _write_loop(self) -> None:
@@ -349,12 +370,13 @@ class IngestService:
         assert self.store is not None
         delay = 0.25
         down_since: float | None = None
+        failures = 0
         while True:
             try:
-                result = await self.store.write_batch(
-                    batch.rows, events=batch.events, statuses=batch.statuses, dead_letters=batch.dead_letters,
-                    unprovisioned=batch.unprovisioned or None, received_at=datetime.now(UTC),
-                )
+                if failures >= POISON_ATTEMPTS:
+                    result = await self._write_isolated(batch)
+                else:
+                    result = await self._write(batch)
                 break
             except StoreUnavailable as exc:
                 if self.database_up or down_since is None:
@@ -371,6 +393,7 @@ class IngestService:
                 # while /healthz says OK; instead report it, keep the batch and retry (the pool has dropped
                 # the broken connection by now).
                 log.exception("writing a batch of %d messages failed; holding it and retrying", len(batch.messages))
+                failures += 1
                 if down_since is None:
                     down_since = time.monotonic()
                 self.database_up = False
@@ -402,6 +425,38 @@ class IngestService:
             await self._refresh_registry()
         if bus is not None and bus.paused and self.unacked <= self.max_unacked // 2:
             bus.resume_reading()
+
+    async def _write(self, batch: DecodedBatch) -> WriteResult:
+        assert self.store is not None
+        return await self.store.write_batch(
+            batch.rows, events=batch.events, statuses=batch.statuses, dead_letters=batch.dead_letters,
+            unprovisioned=batch.unprovisioned or None, received_at=datetime.now(UTC),
+        )
+
+    async def _write_isolated(self, batch: DecodedBatch) -> WriteResult:
+        """Write message by message; one the database refuses goes to dead letters with the error as reason.
+
+        Outages (StoreUnavailable) still propagate: they are retried, never dead-lettered."""
+        total = WriteResult(inserted=0, duplicates=0)
+        for message in batch.messages:
+            single = self._decode([message])
+            try:
+                result = await self._write(single)
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                reason = f"store rejected the message: {type(exc).__name__}: {exc}"
+                log.error("dead-lettering a message on %s that the database refuses: %s", message.topic, exc)
+                letter = DeadLetter(datetime.fromtimestamp(message.received, UTC), message.topic, message.payload,
+                                    reason)
+                result = await self._write(DecodedBatch([message], dead_letters=[letter]))
+                batch.reject_reasons["store_rejected"] = batch.reject_reasons.get("store_rejected", 0) + 1
+            total = WriteResult(
+                inserted=total.inserted + result.inserted, duplicates=total.duplicates + result.duplicates,
+                events_inserted=total.events_inserted + result.events_inserted,
+                dead_lettered=total.dead_lettered + result.dead_lettered,
+            )
+        return total
 
     async def _housekeeping_loop(self) -> None:
         """Registry refresh and store maintenance (plain path: partitions ahead, rollups, retention)."""

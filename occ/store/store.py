@@ -422,6 +422,13 @@ class Store:
             )
         return [Device(**dict(row)) for row in rows]
 
+    async def devices_version(self) -> tuple[int, datetime | None]:
+        """(count, newest updated_at) of the registry: a cheap way for ingest to see that devices changed."""
+        async with self._connection() as conn:
+            row = await conn.fetchrow("SELECT count(*) AS n, max(updated_at) AS newest FROM devices")
+        assert row is not None
+        return int(row["n"]), row["newest"]
+
     async def get_device(self, device_id: str) -> Device | None:
         async with self._connection() as conn:
             row = await conn.fetchrow(

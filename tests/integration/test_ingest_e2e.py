@@ -6,6 +6,7 @@ import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import orjson
 
 from tests.integration.ingest_helpers import Publisher, fetch, running_ingest, seed_devices, wait_for_count
@@ -115,3 +116,47 @@ async def test_redelivered_message_is_stored_once(database_url: str, mqtt_url: s
             await asyncio.sleep(0.05)
         assert service.metrics.duplicates.get() == 4
     assert (await fetch(database_url, "SELECT count(*) AS n FROM readings"))[0]["n"] == 2
+
+
+async def test_message_the_database_refuses_is_dead_lettered_not_blocking(database_url: str, mqtt_url: str) -> None:
+    """A message the database refuses (here: a check a DBA added as a trigger) must not block the stream."""
+    await seed_devices(database_url)
+    conn = await asyncpg.connect(database_url)
+    await conn.execute("""
+        CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.data->>'note' = 'poison' THEN RAISE EXCEPTION 'poison event' USING ERRCODE = 'check_violation';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER refuse_poison BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+    """)
+    await conn.close()
+    async with running_ingest(database_url, mqtt_url, linger_s=0.5, retry_max_s=0.2) as service:
+        pub = Publisher(mqtt_url)
+        pub.publish("occ/v1/hydromet/HG-T-012/event", b'{"ts": 1764200000, "type": "tamper", "note": "poison"}')
+        pub.publish("occ/v1/hydromet/HG-T-012/event", b'{"ts": 1764200000, "type": "tamper", "note": "fine"}')
+        pub.publish("occ/v1/hydromet/HG-T-012/telemetry", b'{"rain_mm": 3.5}')
+        pub.close()
+        assert await wait_for_count(database_url, "SELECT count(*) FROM readings", 1, timeout=30) == 1
+        assert await wait_for_count(database_url, "SELECT count(*) FROM dead_letters", 1, timeout=30) == 1
+        assert await wait_for_count(database_url, "SELECT count(*) FROM events", 1, timeout=30) == 1
+        assert service.health()["ok"]
+        assert service.metrics.dead_lettered.get("store_rejected") == 1
+    letter = (await fetch(database_url, "SELECT topic, payload, reason FROM dead_letters"))[0]
+    assert b"poison" in bytes(letter["payload"]) and "store rejected" in letter["reason"]
+    assert "poison event" in letter["reason"]
+
+
+async def test_device_registered_while_running_is_accepted_at_once(database_url: str, mqtt_url: str) -> None:
+    """Import a device, publish right away: the registry is re-checked when an unknown id arrives."""
+    from occ.models import Device
+
+    await seed_devices(database_url)
+    async with running_ingest(database_url, mqtt_url):
+        await seed_devices(database_url, [Device(id="HG-NEW-01", kind="hydromet", name="new station")])
+        pub = Publisher(mqtt_url)
+        pub.publish("occ/v1/hydromet/HG-NEW-01/telemetry", b'{"rain_mm": 0.4}')
+        pub.close()
+        assert await wait_for_count(database_url, "SELECT count(*) FROM readings", 1) == 1
+    assert (await fetch(database_url, "SELECT count(*) AS n FROM dead_letters"))[0]["n"] == 0
