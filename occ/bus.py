@@ -44,6 +44,9 @@ class BrokerAddress:
     password: str | None = None
     tls: bool = False
 
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
     @classmethod
     def parse(cls, url: str) -> BrokerAddress:
         """`mqtt://user:pass@host:port` (or `mqtts://` for TLS); default ports 1883 / 8883."""

@@ -32,6 +32,7 @@ instead of growing its memory.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import selectors
 import socket
@@ -40,14 +41,13 @@ import threading
 import time
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import unquote, urlsplit
 
 import orjson
 import paho.mqtt.client as mqtt
 
+from occ.bus import BrokerAddress
 from occ.errors import ServiceError
 from simulators import wire
 from simulators.encode import gateway_payload
@@ -60,30 +60,13 @@ PROTOCOLS = ("3.1.1", "5")
 TRANSPORTS = ("raw", "paho")
 
 
-@dataclass(frozen=True, slots=True)
-class BrokerAddress:
-    host: str
-    port: int
-    tls: bool = False
-    username: str | None = None
-    password: str | None = None
-
-    def __str__(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
-
-
 def parse_mqtt_url(url: str, username: str | None = None, password: str | None = None) -> BrokerAddress:
     """mqtt://[user[:pass]@]host[:port] or mqtts://…; explicit credentials override the URL's."""
-    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise ValueError(f"unsupported MQTT URL scheme {parts.scheme!r} (use mqtt:// or mqtts://)")
-    tls = parts.scheme in ("mqtts", "ssl")
-    return BrokerAddress(
-        host=parts.hostname or "127.0.0.1",
-        port=parts.port or (8883 if tls else 1883),
-        tls=tls,
-        username=username if username is not None else (unquote(parts.username) if parts.username else None),
-        password=password if password is not None else (unquote(parts.password) if parts.password else None),
+    address = BrokerAddress.parse(url)
+    return dataclasses.replace(
+        address,
+        username=username if username is not None else address.username,
+        password=password if password is not None else address.password,
     )
 
 
