@@ -42,6 +42,7 @@ METRICS = (("water_level_m", 97.0, 0.8), ("rain_mm", 0.6, 0.5), ("temperature_c"
 LIVE_PERIOD_MS = 100  # spacing of one device's synthetic live timestamps (unique per device and metric)
 BACKFILL_PERIOD_MS = 60_000  # store-and-forward records one minute apart
 VALUE_RING = 997  # distinct pre-encoded value sets, cycled
+PROBE_METRIC = "water_level_m"  # plausible range -20..3000 m: probe sequence numbers fit for 60 s at 50/s
 RATE_TICK_S = 0.002  # fixed-rate publishers send what the bucket holds every 2 ms
 
 
@@ -100,8 +101,9 @@ class PayloadMaker:
         if self.shape == "probe":
             # publish→commit probe: the timestamp IS the publish time (ms), read back from the database;
             # strictly increasing, so two probes sent within one millisecond are not one reading
+            # and the value is the probe's sequence number, so the reader can tell which ones it has seen
             ms = self._last_probe_ms = max(int(time.time() * 1000), self._last_probe_ms + 1)
-            return self.topics[device], f'{{"ts":"{self.iso(ms)}","values":{self.singles[k % VALUE_RING]}}}'.encode()
+            return self.topics[device], f'{{"ts":"{self.iso(ms)}","values":{{"{PROBE_METRIC}":{k}}}}}'.encode()
         if self.shape == "single":
             ts = self.base_ms + round_ * self.period
             return self.topics[device], f'{{"ts":"{self.iso(ts)}","values":{self.singles[k % VALUE_RING]}}}'.encode()
@@ -369,7 +371,20 @@ def cpu_snapshot(pids: Mapping[str, int | None]) -> dict[str, float]:
             snapshot[name] = own.user + own.system
         else:
             snapshot[name] = tree_cpu_s(pid, children)
+    snapshot[BUSY] = machine_busy_s()
     return snapshot
+
+
+BUSY = "_busy"  # key of the whole machine's busy CPU seconds in a snapshot
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (all cores; /proc/stat, idle and iowait excluded)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK  # user nice system idle iowait irq softirq steal
 
 
 def status_kb(pid: int, field: str) -> int | None:

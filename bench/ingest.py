@@ -1,7 +1,7 @@
 """Ingest benchmark: sustained MQTT → PostgreSQL throughput and publish→commit latency, with the naive
 baseline and the C-tool limits of this machine measured in the same run (see bench/README.md).
 
-    python -m bench.ingest            # full run, ~4 minutes
+    python -m bench.ingest            # full run, ~2–3 minutes
     python -m bench.ingest --quick    # smoke run, ~1 minute
 
 Everything runs on this machine: an embedded PostgreSQL (durable, as in production) and an embedded Mosquitto
@@ -35,7 +35,9 @@ import aiohttp
 import asyncpg
 
 from bench.common import (
+    BUSY,
     KIND,
+    PROBE_METRIC,
     READINGS_PER_MESSAGE,
     PayloadMaker,
     cpu_snapshot,
@@ -60,6 +62,7 @@ POLL_INTERVAL_S = 0.005
 # is saturated (its own bound is 50,000 unacknowledged) while the broker's backlog, and the drain at the
 # end, stay bounded. Without it the publishers outrun the ingest ~10× and the broker queues millions.
 BACKLOG_MESSAGES = 80_000
+OTHER_LOAD_WARN_PCT = 25  # % of a core used by other work during a window that makes the run suspect
 CPU_MARK_EARLY_S = 0.6  # the second CPU snapshot is taken this long before the publishers stop
 PHASES = ("copy", "sub", "single", "batched", "latency", "baseline", "backfill")
 TARGETS = {  # on 2 cores (the issue's words)
@@ -597,10 +600,13 @@ class Bench:
         span = b["_t"] - a["_t"]
         split: dict[str, float] = {}
         for name in b:
-            if name == "_t" or name not in a or b[name] < a[name]:  # absent, or exited in between
+            if name in ("_t", BUSY) or name not in a or b[name] < a[name]:  # absent, or exited in between
                 continue
             key = "publishers" if name.startswith("publisher") else name
             split[key] = split.get(key, 0.0) + 100 * (b[name] - a[name]) / span
+        if BUSY in a and BUSY in b:
+            # whatever else ran on the machine meanwhile (kernel threads, other people's jobs): a warning sign
+            split["other"] = max(0.0, 100 * (b[BUSY] - a[BUSY]) / span - sum(split.values()))
         return split
 
     async def wait_committed(self, expected: float, timeout: float = 180.0) -> float:
@@ -686,16 +692,25 @@ class Bench:
         poll_stop = asyncio.Event()
 
         async def poll() -> None:
+            # Probes can commit out of order (several ingest workers): fetch everything above the newest probe
+            # before which all were seen, and tell probes apart by their sequence number (their value).
             stmt = await conn.prepare(
-                "SELECT ts FROM readings WHERE device_id = $1 AND metric = 'water_level_m' AND ts > $2 ORDER BY ts")
-            last = datetime.fromtimestamp(start_at - 60, UTC)
+                "SELECT ts, value FROM readings WHERE device_id = $1 AND metric = $2 AND ts > $3 ORDER BY ts")
+            watermark = datetime.fromtimestamp(start_at - 60, UTC)
+            seen: dict[int, datetime] = {}
+            next_k = 0
             while not poll_stop.is_set():
-                rows = await stmt.fetch(probe_device, last)
-                seen = time.time()  # upper bound of the commit time: the rows were visible to this query
-                for (ts,) in rows:
-                    published = ts.timestamp()
-                    latencies.append((published, seen - published))
-                    last = ts
+                rows = await stmt.fetch(probe_device, PROBE_METRIC, watermark)
+                visible = time.time()  # upper bound of the commit time: the rows were visible to this query
+                for ts, value in rows:
+                    k = int(value)
+                    if k not in seen:
+                        seen[k] = ts
+                        published = ts.timestamp()
+                        latencies.append((published, visible - published))
+                while next_k in seen:
+                    watermark = seen[next_k]
+                    next_k += 1
                 await asyncio.sleep(POLL_INTERVAL_S)
 
         poller = asyncio.create_task(poll())
@@ -713,6 +728,7 @@ class Bench:
         await poller
         await conn.close()
         measured = [lat for ts, lat in latencies if ts >= t1]
+        sent_after_t1 = probe_result["acked"] - min(probe_result["acked"], round((t1 - start_at) / PROBE_INTERVAL_S))
         with (self.work / "latency_probes.csv").open("w") as out:
             out.write("publish_time_s,publish_to_commit_ms\n")
             out.writelines(f"{ts:.3f},{1000 * lat:.1f}\n" for ts, lat in latencies)
@@ -730,7 +746,8 @@ class Bench:
         log(f"(latency) at {rate:,.0f} msg/s offered ({f['achieved_publish_msgs_per_s']:,.0f} published, "
             f"{committed_rate:,.0f} committed): publish→commit "
             f"p50 {f['p50_commit_ms']:.1f} ms, p90 {f['p90_commit_ms']:.1f} ms, p99 {f['p99_commit_ms']:.1f} ms, "
-            f"max {f['max_commit_ms']:.1f} ms over {len(measured)} probes; server checkpoints during the run: "
+            f"max {f['max_commit_ms']:.1f} ms over {len(measured)} probes (of ~{sent_after_t1} sent after the "
+            f"warm-up); server checkpoints during the run: "
             f"{checkpoints}; CPU: {fmt_cpu(phase.cpu)}")
         return phase
 
@@ -945,6 +962,8 @@ class Bench:
         }
         result["cpu_split_pct"] = {name: {k: round(v) for k, v in phase.cpu.items()}
                                    for name, phase in p.items() if phase.cpu}
+        others = [phase.cpu.get("other", 0.0) for phase in p.values() if phase.cpu]
+        result["other_load_pct_max"] = round(max(others)) if others else None
         return result
 
 
@@ -1000,10 +1019,13 @@ def report(result: dict[str, Any]) -> str:
     ]
     for label, value, target, key in rows:
         lines.append(f"  {label:<46} {value:>24}   {target:<38} {verdict(key)}")
-    lines += ["", "  CPU, % of one core, over each measured window:"]
+    lines += ["", "  CPU, % of one core, over each measured window ('other': whatever else ran on the machine):"]
     for name, split in r["cpu_split_pct"].items():
         ordered = sorted(split.items(), key=lambda kv: -kv[1])
         lines.append(f"    {name:<9} " + ", ".join(f"{k} {v}" for k, v in ordered))
+    if (r["other_load_pct_max"] or 0) >= OTHER_LOAD_WARN_PCT:
+        lines += ["", f"  WARNING: up to {r['other_load_pct_max']} % of a core was used by other work on this machine "
+                      "during a measured window: the figures of that run are not representative; run it again."]
     return "\n".join(lines)
 
 
