@@ -61,6 +61,7 @@ class Inbound:
 @dataclass(slots=True)
 class DecodedBatch:
     messages: list[Inbound]
+    seq: int = 0
     rows: list[ReadingRow] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     statuses: list[StatusChange] = field(default_factory=list)
@@ -133,6 +134,7 @@ class IngestService:
         session_expiry_s: int = 7 * 24 * 3600,
         keepalive_s: int = 30,
         pool_size: int = 4,
+        writers: int = 2,
         store_options: dict[str, Any] | None = None,
         catalog: Catalog | None = None,
     ) -> None:
@@ -162,7 +164,11 @@ class IngestService:
         self.unacked = 0
         self.database_up = False
         self._wake = asyncio.Event()
-        self._writes: asyncio.Queue[DecodedBatch] = asyncio.Queue(maxsize=2)
+        self.writers = writers
+        self._writes: asyncio.Queue[DecodedBatch] = asyncio.Queue(maxsize=writers)
+        self._next_seq = 0
+        self._next_ack_seq = 0
+        self._done: dict[int, tuple[DecodedBatch, WriteResult]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._http_runner: Any = None
         self._last_registry_check = 0.0
@@ -178,7 +184,7 @@ class IngestService:
         options: dict[str, Any] = dict(
             mqtt_url=mqtt.url, database_url=db.url, client_id=ing.client_id,
             share_group=ing.share_group if ing.shared else None, topic_prefix=mqtt.topic_prefix,
-            batch_max=ing.batch_max, linger_s=ing.linger_ms / 1000, max_unacked=ing.max_unacked,
+            batch_max=ing.batch_max, linger_s=ing.linger_ms / 1000, writers=ing.writers, max_unacked=ing.max_unacked,
             max_payload_bytes=ing.max_payload_bytes, max_future_s=ing.max_future_s,
             max_past_s=ing.max_past_days * 86400, auto_register=ing.auto_register, local_tz=config.site.timezone,
             http_host=ing.http_host, http_port=ing.http_port, retry_max_s=ing.retry_max_s,
@@ -212,7 +218,7 @@ class IngestService:
             self.bus.subscribe(topic, qos=1)
         self._tasks = [
             asyncio.create_task(self._flush_loop(), name="ingest-flush"),
-            asyncio.create_task(self._write_loop(), name="ingest-write"),
+            *(asyncio.create_task(self._write_loop(), name=f"ingest-write-{i}") for i in range(self.writers)),
             asyncio.create_task(self._housekeeping_loop(), name="ingest-housekeeping"),
         ]
         await self.bus.start(wait=True, timeout=60)
@@ -300,6 +306,8 @@ class IngestService:
             batch = self._decode(messages)
             if "unknown_device" in batch.reject_reasons and await self._registry_changed():
                 batch = self._decode(messages)
+            batch.seq = self._next_seq
+            self._next_seq += 1
             await self._writes.put(batch)
 
     def _decode(self, messages: list[Inbound]) -> DecodedBatch:
@@ -362,11 +370,18 @@ class IngestService:
 
     # -- write path ---------------------------------------------------------------------------------
     async def _write_loop(self) -> None:
+        """One of `writers` concurrent writers: batch k+1's COPY overlaps batch k's commit (bench/README.md)."""
         while True:
             batch = await self._writes.get()
-            await self._commit(batch)
+            result = await self._commit(batch)
+            self._done[batch.seq] = (batch, result)
+            # Acknowledge in the order messages arrived (MQTT 3.1.1 §4.6), whichever writer finished first.
+            while self._next_ack_seq in self._done:
+                done, done_result = self._done.pop(self._next_ack_seq)
+                self._next_ack_seq += 1
+                await self._acknowledge(done, done_result)
 
-    async def _commit(self, batch: DecodedBatch) -> None:
+    async def _commit(self, batch: DecodedBatch) -> WriteResult:
         assert self.store is not None
         delay = 0.25
         down_since: float | None = None
@@ -403,6 +418,9 @@ class IngestService:
         if down_since is not None:
             log.warning("database recovered after %.1f s; catching up", time.monotonic() - down_since)
         self.database_up = True
+        return result
+
+    async def _acknowledge(self, batch: DecodedBatch, result: WriteResult) -> None:
         committed = time.time()
         bus = self.bus
         if bus is not None:

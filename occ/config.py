@@ -62,6 +62,8 @@ class IngestConfig:
     shared: bool = True
     batch_max: int = 5000
     linger_ms: int = 10
+    writers: int = 2
+    """Concurrent batch writes per worker (acks stay in arrival order); 2 overlaps one COPY with a commit."""
     max_unacked: int = 50_000
     """Messages received but not yet committed and acknowledged; at the bound ingest stops reading."""
     max_payload_bytes: int = 1_048_576
