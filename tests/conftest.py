@@ -85,9 +85,17 @@ def session_broker(work_dir: Path) -> Iterator[EmbeddedBroker | None]:
 
 @pytest.fixture(scope="session")
 def mqtt_url(session_broker: EmbeddedBroker | None) -> str:
-    """An MQTT 5 capable broker URL shared by the session (tests use unique topics/client ids)."""
+    """The session broker's URL for devices and any MQTT client (3.1.1; tests use unique topics/client ids)."""
     if session_broker is None:
         return os.environ["OCC_TEST_MQTT_URL"]
+    return session_broker.url
+
+
+@pytest.fixture(scope="session")
+def mqtt_services_url(session_broker: EmbeddedBroker | None) -> str:
+    """The same broker's MQTT 5 URL, for OCC services (rumqttd serves MQTT 5 on a listener of its own)."""
+    if session_broker is None:
+        return os.environ.get("OCC_TEST_MQTT_SERVICES_URL") or os.environ["OCC_TEST_MQTT_URL"]
     return session_broker.services_url
 
 

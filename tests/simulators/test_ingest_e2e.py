@@ -17,18 +17,41 @@ from tests.integration.ingest_helpers import fetch, running_ingest, seed_devices
 
 
 @pytest.mark.parametrize(("mode", "form"), [("pool", "object"), ("gateway", "object"), ("pool", "senml")])
-async def test_simulated_province_lands_in_the_store(database_url: str, mqtt_url: str, tmp_path: Path, mode: str,
-                                                     form: str) -> None:
+async def test_simulated_province_lands_in_the_store(
+    database_url: str, mqtt_url: str, mqtt_services_url: str, tmp_path: Path, mode: str, form: str
+) -> None:
     fleet = load_fleet(config_dir=CONFIG)
     await seed_devices(database_url, fleet.devices)
     prefix = f"simtest-{uuid.uuid4().hex[:8]}/v1"
     client = f"simtest-{uuid.uuid4().hex[:6]}"
     out = tmp_path / "sent.jsonl"
-    async with running_ingest(database_url, mqtt_url, topic_prefix=prefix):
-        rc = await asyncio.to_thread(main, [
-            "--mqtt-url", mqtt_url, "--topic-prefix", prefix, "--client-prefix", client,
-            "--fast", "--start=-45m", "--duration", "30m", "--seed", "9", "--out", str(out), "--quiet",
-            "--config-dir", str(CONFIG), "--mode", mode, "--form", form])
+    async with running_ingest(database_url, mqtt_services_url, topic_prefix=prefix):
+        rc = await asyncio.to_thread(
+            main,
+            [
+                "--mqtt-url",
+                mqtt_url,
+                "--topic-prefix",
+                prefix,
+                "--client-prefix",
+                client,
+                "--fast",
+                "--start=-45m",
+                "--duration",
+                "30m",
+                "--seed",
+                "9",
+                "--out",
+                str(out),
+                "--quiet",
+                "--config-dir",
+                str(CONFIG),
+                "--mode",
+                mode,
+                "--form",
+                form,
+            ],
+        )
         assert rc == 0
         sent = [m for m in read_jsonl(out)]
         readings = 0
@@ -47,5 +70,9 @@ async def test_simulated_province_lands_in_the_store(database_url: str, mqtt_url
     assert not dead, [dict(r) for r in dead]
     flagged = await fetch(database_url, "SELECT count(*) AS n FROM readings WHERE quality <> 0")
     assert flagged[0]["n"] == 0  # every simulated value is inside the catalog's plausible range
-    clear_retained(mqtt_url, [f"occ/sim/{client}-{k}/status" for k in range(4)] + [f"occ/sim/{client}/status"]
-                   + [f"{prefix}/{d.kind}/{d.id}/status" for d in fleet.devices])
+    clear_retained(
+        mqtt_url,
+        [f"occ/sim/{client}-{k}/status" for k in range(4)]
+        + [f"occ/sim/{client}/status"]
+        + [f"{prefix}/{d.kind}/{d.id}/status" for d in fleet.devices],
+    )
