@@ -27,10 +27,10 @@ def unique() -> str:
 def test_catalog_run_arrives_complete_with_retained_status(mqtt_url: str, mqtt_services_url: str,
                                                            tmp_path: Path) -> None:
     if mqtt_url != mqtt_services_url:
-        # Only the embedded rumqttd has a separate MQTT 5 listener. With it, the 135 retained statuses of a full
-        # catalog run did not all come back to a new subscriber (single retained topics do): an open gap of the
+        # Only the embedded rumqttd has a separate MQTT 5 listener. It hands a new subscriber at most 100 retained
+        # messages (measured: 135 retained topics, 100 delivered, whatever its config): an open gap of the
         # fallback broker, tracked in the issue note. Mosquitto (CI, compose) runs this test.
-        pytest.skip("retained statuses of a full catalog run are incomplete on the embedded rumqttd")
+        pytest.skip("the embedded rumqttd delivers at most 100 retained messages to a new subscriber")
     version = "5"
     prefix, client = f"{unique()}/v1", unique()
     sub = Subscriber(mqtt_url, f"{prefix}/#")
