@@ -201,12 +201,8 @@ def _up(config: Config, args: argparse.Namespace) -> int:
     from occ.supervisor import Supervisor
 
     supervisor = Supervisor(config, demo=args.demo, workers=args.workers, broker=args.broker, speed=args.speed)
-    stop_requested = False
-
     def request_stop(signum: int, frame: Any) -> None:
-        nonlocal stop_requested
-        stop_requested = True
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt  # SIGTERM takes the same clean path as Ctrl-C
 
     signal.signal(signal.SIGTERM, request_stop)
     try:
@@ -218,10 +214,8 @@ def _up(config: Config, args: argparse.Namespace) -> int:
         supervisor.watch()
     except KeyboardInterrupt:
         print("stopping…", flush=True)
-    except AlreadyRunning:
-        raise
     finally:
-        if supervisor._lock_file is not None:
+        if supervisor.holds_lock:
             supervisor.stop()
     return 0
 

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,7 +46,6 @@ class Child:
     restarts: int = 0
     next_start: float = 0.0
     started_at: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def start(self) -> None:
         self.process = subprocess.Popen(self.argv, env=self.env, preexec_fn=_die_with_parent)
@@ -71,6 +70,10 @@ class Supervisor:
         self._lock_file: IO[str] | None = None
         self._stopping = False
         self.endpoints: dict[str, Any] = {}
+
+    @property
+    def holds_lock(self) -> bool:
+        return self._lock_file is not None
 
     # -- lock ---------------------------------------------------------------------------------------
     def acquire_lock(self) -> None:
