@@ -39,6 +39,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
+from bench.common import machine_info
 from simulators.clock import Pacer
 from simulators.engine import Simulation
 from simulators.fleet import Fleet, interval_of, load_fleet
@@ -50,15 +51,8 @@ LOCAL = timezone(timedelta(hours=7))
 
 
 def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model or platform.processor(), "cores": os.cpu_count(), "python": platform.python_version(),
+    info = machine_info()
+    return {"cpu": info["cpu_model"] or platform.processor(), "cores": info["cores"], "python": info["python"],
             "system": f"{platform.system()} {platform.release()}"}
 
 
