@@ -33,7 +33,7 @@ from occ.config import Config
 from occ.errors import StoreUnavailable
 from occ.http import start_health_server
 from occ.metrics import Registry
-from occ.models import DeadLetter, Event, ReadingRow, StatusChange
+from occ.models import DeadLetter, Decoded, Event, ReadingRow, RejectCode, StatusChange
 from occ.store import Store, WriteResult
 
 log = logging.getLogger(__name__)
@@ -61,25 +61,15 @@ class Inbound:
 @dataclass(slots=True)
 class DecodedBatch:
     messages: list[Inbound]
+    results: list[Decoded] = field(default_factory=list)
+    """One per message, kept so a poisoned batch can be written message by message without decoding again."""
     seq: int = 0
     rows: list[ReadingRow] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     statuses: list[StatusChange] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     unprovisioned: dict[str, str] = field(default_factory=dict)
-    reject_reasons: dict[str, int] = field(default_factory=dict)
-
-
-def _reason_class(reason: str) -> str:
-    """A bounded label for the dead-letter metric: the leading words of the reason, no ids or values."""
-    text = reason.split(": ", 1)[1] if reason.startswith(("record ", "device ", "SenML record ", "event ")) else reason
-    for key in ("unknown device", "malformed JSON", "non-finite", "exceeds the limit", "not valid UTF-8",
-                "in the future", "days old", "unknown metric", "not allowed for kind", "does not match",
-                "cannot be converted", "unknown unit", "expected a number", "no readings", "timestamp",
-                "status", "type"):
-        if key in text:
-            return key.replace(" ", "_")
-    return "other"
+    reject_codes: dict[RejectCode, int] = field(default_factory=dict)
 
 
 class IngestMetrics:
@@ -92,7 +82,8 @@ class IngestMetrics:
                                     "Readings already stored (redelivery or device retry)")
         self.events_written = r.counter("occ_ingest_events_written_total", "Device events stored")
         self.dead_lettered = r.counter("occ_ingest_dead_letters_total",
-                                       "Messages (or parts) sent to dead letters, by reason", ["reason"])
+                                       "Rejected parts of messages (the message goes to dead letters), by code",
+                                       ["code"])
         self.batches = r.counter("occ_ingest_batches_total", "Batches committed")
         self.write_retries = r.counter("occ_ingest_write_retries_total", "Batch writes retried (database down)")
         self.batch_size = r.histogram("occ_ingest_batch_messages", "Messages per committed batch",
@@ -173,6 +164,7 @@ class IngestService:
         self._http_runner: Any = None
         self._last_registry_check = 0.0
         self._registry_version: tuple[int, datetime | None] = (0, None)
+        self._registry_stale = False
         self.metrics = IngestMetrics(self)
         self.started = asyncio.Event()
 
@@ -303,20 +295,32 @@ class IngestService:
                 continue
             messages = batcher.take()
             self.metrics.received.inc(len(messages))
-            batch = self._decode(messages)
-            if "unknown_device" in batch.reject_reasons and await self._registry_changed():
-                batch = self._decode(messages)
+            if self._registry_stale:  # devices were registered by a committed batch (set on the ack path)
+                self._registry_stale = False
+                await self._refresh_registry()
+            results = self._decode(messages)
+            unknown = [i for i, r in enumerate(results) if RejectCode.UNKNOWN_DEVICE in r.reject_counts]
+            if unknown and await self._registry_changed():
+                for i in unknown:  # only the messages that named an unknown device are decoded again
+                    results[i] = self._decode_one(messages[i])
+            batch = self._assemble(messages, results)
             batch.seq = self._next_seq
             self._next_seq += 1
             await self._writes.put(batch)
 
-    def _decode(self, messages: list[Inbound]) -> DecodedBatch:
-        batch = DecodedBatch(messages)
+    def _decode(self, messages: list[Inbound]) -> list[Decoded]:
         decode = self.decoder.decode
+        fromtimestamp = datetime.fromtimestamp
+        return [decode(m.topic, m.payload, fromtimestamp(m.received, UTC)) for m in messages]
+
+    def _decode_one(self, message: Inbound) -> Decoded:
+        return self.decoder.decode(message.topic, message.payload, datetime.fromtimestamp(message.received, UTC))
+
+    def _assemble(self, messages: list[Inbound], results: list[Decoded]) -> DecodedBatch:
+        batch = DecodedBatch(messages, results)
         rows = batch.rows
-        for message in messages:
-            received_at = datetime.fromtimestamp(message.received, UTC)
-            result = decode(message.topic, message.payload, received_at)
+        codes = batch.reject_codes
+        for message, result in zip(messages, results, strict=True):
             if result.rows:
                 rows.extend(result.rows)
             if result.events:
@@ -328,14 +332,16 @@ class IngestService:
                 for device_id in result.unknown_devices:
                     batch.unprovisioned[device_id] = kind
             if result.rejects:
-                stored = len(result.rows) + len(result.events) + (result.status is not None)
-                reason = "; ".join(result.rejects)
+                stored = result.stored
+                reason = result.reject_text()
                 if stored:
                     reason = f"partly stored ({stored} items kept): {reason}"
-                batch.dead_letters.append(DeadLetter(received_at, message.topic, message.payload, reason))
-                for r in result.rejects:
-                    key = _reason_class(r)
-                    batch.reject_reasons[key] = batch.reject_reasons.get(key, 0) + 1
+                batch.dead_letters.append(
+                    DeadLetter(datetime.fromtimestamp(message.received, UTC), message.topic, message.payload, reason,
+                               result.rejects[0].code, self.decoder.device_of(message.topic))
+                )
+                for code, count in result.reject_counts.items():
+                    codes[code] = codes.get(code, 0) + count
         return batch
 
     async def _registry_changed(self) -> bool:
@@ -437,10 +443,10 @@ class IngestService:
         m.readings_written.inc(result.inserted)
         m.duplicates.inc(result.duplicates)
         m.events_written.inc(result.events_inserted)
-        for reason, count in batch.reject_reasons.items():
-            m.dead_lettered.inc(count, reason)
+        for code, count in batch.reject_codes.items():
+            m.dead_lettered.inc(count, code)
         if batch.unprovisioned:
-            await self._refresh_registry()
+            self._registry_stale = True  # reloaded before the next decode: no database round trip here
         if bus is not None and bus.paused and self.unacked <= self.max_unacked // 2:
             bus.resume_reading()
 
@@ -456,8 +462,8 @@ class IngestService:
 
         Outages (StoreUnavailable) still propagate: they are retried, never dead-lettered."""
         total = WriteResult(inserted=0, duplicates=0)
-        for message in batch.messages:
-            single = self._decode([message])
+        for message, decoded in zip(batch.messages, batch.results, strict=True):
+            single = self._assemble([message], [decoded])
             try:
                 result = await self._write(single)
             except StoreUnavailable:
@@ -466,9 +472,10 @@ class IngestService:
                 reason = f"store rejected the message: {type(exc).__name__}: {exc}"
                 log.error("dead-lettering a message on %s that the database refuses: %s", message.topic, exc)
                 letter = DeadLetter(datetime.fromtimestamp(message.received, UTC), message.topic, message.payload,
-                                    reason)
+                                    reason, RejectCode.STORE_REJECTED, self.decoder.device_of(message.topic))
                 result = await self._write(DecodedBatch([message], dead_letters=[letter]))
-                batch.reject_reasons["store_rejected"] = batch.reject_reasons.get("store_rejected", 0) + 1
+                codes = batch.reject_codes
+                codes[RejectCode.STORE_REJECTED] = codes.get(RejectCode.STORE_REJECTED, 0) + 1
             total = WriteResult(
                 inserted=total.inserted + result.inserted, duplicates=total.duplicates + result.duplicates,
                 events_inserted=total.events_inserted + result.events_inserted,

@@ -2,7 +2,8 @@
 
 `Decoder.decode(topic, payload, received_at)` is the ingest hot path: no I/O, no clock (the receive time is
 an input), never raises. Whatever cannot be stored is described, precisely and per part, in
-`Decoded.rejects`; good readings in the same message are still returned. Readings outside the catalog's
+`Decoded.rejects`, each with a stable `RejectCode` (what callers decide and count by) and a text for people;
+good readings in the same message are still returned. Readings outside the catalog's
 plausible range are kept with `Quality.OUT_OF_RANGE`.
 
 Telemetry forms accepted on one topic: an object (`{"ts", "values"}` or flat `{"metric": v}`), an array of
@@ -26,7 +27,7 @@ import orjson
 
 from occ.catalog import Catalog
 from occ.errors import DecodeError
-from occ.models import ID_PATTERN, Decoded, Device, Event, Quality, StatusChange, Topic
+from occ.models import ID_PATTERN, Decoded, Device, Event, Quality, Reject, RejectCode, StatusChange, Topic
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,13 @@ _SENML_BASE: Final = frozenset(("bn", "bt", "bu", "bv", "bs", "bver"))
 _SENML_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:./_-]*$")  # RFC 8428 §4.5.1
 _STATUSES: Final = {"online": "online", "offline": "offline"}
 _NO_DOC: Final = object()
+_NO_READINGS: Final = Reject(RejectCode.NO_READINGS, "no readings")
 _NO_PLANS: dict[str, tuple[str, float, float]] = {}
 
-# (kind, reason, unregistered): result of looking a device up in the registry
-_Resolved = tuple[str | None, str | None, bool]
+C = RejectCode
+
+# (kind, reject, unregistered): result of looking a device up in the registry
+_Resolved = tuple[str | None, Reject | None, bool]
 # (channel, device_id, kind, unregistered, is_gateway): what a topic means, cached per topic string
 _Route = tuple[str, str, str, bool, bool]
 # (canonical metric name, scale, shift, lo, hi) for a reading sent in a non-catalog unit
@@ -105,15 +109,19 @@ def _where(device: str | None, index: int | None) -> str:
     return f"device {device}: " if index is None else f"device {device} record {index}: "
 
 
-def _value_reason(name: str, value: Any) -> str:
+def _prefixed(prefix: str, reject: Reject) -> Reject:
+    return Reject(reject.code, prefix + reject.text) if prefix else reject
+
+
+def _value_reason(name: str, value: Any) -> Reject:
     metric = _show(name)
     if value is None:
-        return f"value of {metric} is null, expected a number"
+        return Reject(C.BAD_VALUE, f"value of {metric} is null, expected a number")
     if isinstance(value, float):
-        return f"value of {metric} is not finite ({value}), expected a finite number"
+        return Reject(C.BAD_VALUE, f"value of {metric} is not finite ({value}), expected a finite number")
     kind = _jtype(value)
     article = "an" if kind[0] in "ao" else "a"
-    return f"value of {metric} is {article} {kind} ({_show(value, 40)}), expected a number"
+    return Reject(C.BAD_VALUE, f"value of {metric} is {article} {kind} ({_show(value, 40)}), expected a number")
 
 
 class _SenmlTime(float):
@@ -133,16 +141,19 @@ def _span(seconds: float) -> str:
     return f"{days:.0f} days" if days == int(days) else f"{days:.1f} days"
 
 
-def _json_error(payload: bytes, exc: orjson.JSONDecodeError) -> str:
+_NON_FINITE = Reject(C.NON_FINITE, "non-finite number (NaN/Infinity) is not allowed")
+
+
+def _json_error(payload: bytes, exc: orjson.JSONDecodeError) -> Reject:
     """Explain why a payload is not JSON; only runs on the error path."""
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as err:
-        return f"payload is not valid UTF-8 (byte {err.start})"
+        return Reject(C.NOT_UTF8, f"payload is not valid UTF-8 (byte {err.start})")
     if not text.strip():
-        return "empty payload"
+        return Reject(C.EMPTY_PAYLOAD, "empty payload")
     if "infinity" in str(exc):  # orjson: a literal such as 1e400 overflows a double
-        return "non-finite number (NaN/Infinity) is not allowed"
+        return _NON_FINITE
     # orjson rejects the NaN/Infinity literals that Python's json writes by default; ask the stdlib parser
     # whether that is all that is wrong (its result is never used as data).
     constants: list[str] = []
@@ -156,8 +167,8 @@ def _json_error(payload: bytes, exc: orjson.JSONDecodeError) -> str:
     except ValueError:
         pass
     if constants:
-        return "non-finite number (NaN/Infinity) is not allowed"
-    return f"malformed JSON: {exc}"
+        return _NON_FINITE
+    return Reject(C.MALFORMED_JSON, f"malformed JSON: {exc}")
 
 
 class Decoder:
@@ -220,10 +231,10 @@ class Decoder:
             }
             for kind in catalog.kinds
         }
-        self._unit_plans: dict[tuple[str, str, str], _UnitPlan | str] = {}
-        self._names: dict[str, tuple[str | None, str] | str] = {}
+        self._unit_plans: dict[tuple[str, str, str], _UnitPlan | Reject] = {}
+        self._names: dict[str, tuple[str | None, str] | Reject] = {}
         self._devices: Mapping[str, Device] = {}
-        self._routes: dict[str, _Route | str] = {}
+        self._routes: dict[str, _Route | Reject] = {}
         self.set_devices(devices)
 
     @property
@@ -235,6 +246,16 @@ class Decoder:
         self._devices = dict(devices)
         self._routes = {}
 
+    def device_of(self, topic: str) -> str | None:
+        """The device (or gateway) id a topic names, if it has a valid one: for dead letters, whatever else is
+        wrong with the topic or the message."""
+        if not topic.startswith(self._prefix + "/"):
+            return None
+        parts = topic[len(self._prefix) + 1 :].split("/")
+        if len(parts) < 2 or not ID_PATTERN.fullmatch(parts[1]):
+            return None
+        return parts[1]
+
     # -- entry point -----------------------------------------------------------------------------------
 
     def decode(self, topic: str, payload: bytes, received_at: datetime) -> Decoded:
@@ -244,12 +265,15 @@ class Decoder:
             self._decode(topic, payload, received_at, out)
         except Exception as exc:  # a decoder bug must cost one dead-lettered message, not the ingest loop
             log.exception("decoder failed on topic %s", topic)
-            out.rejects.append(f"internal decoder error: {type(exc).__name__}: {exc}")
+            out.rejects.append(Reject(C.DECODER_ERROR, f"internal decoder error: {type(exc).__name__}: {exc}"))
         rejects = out.rejects
-        if len(rejects) > MAX_REJECT_REASONS:
-            more = len(rejects) - MAX_REJECT_REASONS + 1
-            del rejects[MAX_REJECT_REASONS - 1 :]
-            rejects.append(f"… and {more} more rejects")
+        if rejects:
+            counts = out.reject_counts
+            for reject in rejects:
+                counts[reject.code] = counts.get(reject.code, 0) + 1
+            if len(rejects) > MAX_REJECT_REASONS:
+                out.dropped_rejects = len(rejects) - MAX_REJECT_REASONS
+                del rejects[MAX_REJECT_REASONS:]
         return out
 
     def _decode(self, topic: str, payload: bytes, now: datetime, out: Decoded) -> None:
@@ -257,7 +281,9 @@ class Decoder:
             now = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
         size = len(payload)
         if size > self._max_payload:
-            out.rejects.append(f"payload of {size} bytes exceeds the limit of {self._max_payload} bytes")
+            out.rejects.append(
+                Reject(C.PAYLOAD_TOO_LARGE, f"payload of {size} bytes exceeds the limit of {self._max_payload} bytes")
+            )
             return
         route = self._routes.get(topic)
         if route is None:
@@ -265,10 +291,10 @@ class Decoder:
             if len(self._routes) >= _ROUTE_CACHE_MAX:  # bounded: random topics must not grow memory
                 self._routes = {}
             self._routes[topic] = route
-        if isinstance(route, str):
+        if type(route) is Reject:
             out.rejects.append(route)
             return
-        channel, device_id, kind, unregistered, is_gateway = route
+        channel, device_id, kind, unregistered, is_gateway = route  # type: ignore[misc]
         if channel == "telemetry":
             doc = self._loads(payload, out)
             if doc is _NO_DOC:
@@ -280,7 +306,7 @@ class Decoder:
             elif type(doc) is list:
                 self._array(doc, device_id, kind, out, now)
             else:
-                out.rejects.append(f"telemetry must be a JSON object or array, got {_jtype(doc)}")
+                out.rejects.append(Reject(C.BAD_SHAPE, f"telemetry must be a JSON object or array, got {_jtype(doc)}"))
             if unregistered and out.rows:
                 out.unknown_devices.add(device_id)
         elif channel == "status":
@@ -294,20 +320,20 @@ class Decoder:
 
     # -- topic and registry ----------------------------------------------------------------------------
 
-    def _route(self, topic: str) -> _Route | str:
+    def _route(self, topic: str) -> _Route | Reject:
         try:
             parsed = Topic.parse(topic, self._prefix)
         except DecodeError as exc:
-            return exc.reason
+            return Reject(C.BAD_TOPIC, exc.reason)
         if not ID_PATTERN.fullmatch(parsed.device_id) or not ID_PATTERN.fullmatch(parsed.kind):
             # ID_PATTERN ends in `$`, which also matches before a trailing newline: use fullmatch
-            return f"invalid device id {parsed.device_id!r} or kind {parsed.kind!r} in topic"
+            return Reject(C.BAD_TOPIC, f"invalid device id {parsed.device_id!r} or kind {parsed.kind!r} in topic")
         if parsed.is_gateway and parsed.channel == "telemetry":
             # the devices are named in the payload; the gateway itself need not be registered
             return (parsed.channel, parsed.device_id, parsed.kind, False, True)
         kind, reason, unregistered = self._resolve(parsed.device_id, parsed.kind)
         if reason is not None or kind is None:
-            return reason or f"unknown device {parsed.device_id}"
+            return reason or Reject(C.UNKNOWN_DEVICE, f"unknown device {parsed.device_id}")
         return (parsed.channel, parsed.device_id, kind, unregistered, False)
 
     def _resolve(self, device_id: str, topic_kind: str | None) -> _Resolved:
@@ -317,18 +343,21 @@ class Decoder:
             if topic_kind is not None and device.kind != topic_kind:
                 return (
                     None,
-                    f"topic kind {topic_kind!r} does not match kind {device.kind!r} "
-                    f"registered for device {device_id}",
+                    Reject(
+                        C.KIND_MISMATCH,
+                        f"topic kind {topic_kind!r} does not match kind {device.kind!r} "
+                        f"registered for device {device_id}",
+                    ),
                     False,
                 )
             return device.kind, None, False
         if not self._auto_register:
-            return None, f"unknown device {device_id}", False
+            return None, Reject(C.UNKNOWN_DEVICE, f"unknown device {device_id}"), False
         if topic_kind is None:
             reason = f"unknown device {device_id} (a gateway message cannot register it: kind unknown)"
-            return None, reason, False
+            return None, Reject(C.UNKNOWN_DEVICE, reason), False
         if topic_kind not in self._catalog.kinds:
-            return None, f"unknown device {device_id} of unknown kind {topic_kind!r}", False
+            return None, Reject(C.UNKNOWN_DEVICE, f"unknown device {device_id} of unknown kind {topic_kind!r}"), False
         return topic_kind, None, True
 
     # -- JSON ------------------------------------------------------------------------------------------
@@ -343,14 +372,14 @@ class Decoder:
 
     # -- timestamps ------------------------------------------------------------------------------------
 
-    def _timestamp(self, raw: Any, now: datetime) -> datetime | str:
-        """Parse an ISO-8601 string or epoch seconds/ms into aware UTC; a str result is the reject reason."""
+    def _timestamp(self, raw: Any, now: datetime) -> datetime | Reject:
+        """Parse an ISO-8601 string or epoch seconds/ms into aware UTC, or say why it cannot be used."""
         kind = type(raw)
         if kind is str:
             try:
                 ts = datetime.fromisoformat(raw)
             except ValueError:
-                return f"timestamp {_show(raw)} is not ISO-8601 or epoch seconds/ms"
+                return Reject(C.BAD_TIMESTAMP, f"timestamp {_show(raw)} is not ISO-8601 or epoch seconds/ms")
             tz = ts.tzinfo
             # naive means the operations center's local time; "Z"/"+00:00" parse to UTC already (and
             # astimezone costs ~0.3 µs, a tenth of the whole message)
@@ -358,18 +387,20 @@ class Decoder:
                 try:
                     ts = ts.replace(tzinfo=self._tz).astimezone(UTC) if tz is None else ts.astimezone(UTC)
                 except OverflowError:
-                    return f"timestamp {_show(raw)} is out of range"
+                    return Reject(C.BAD_TIMESTAMP, f"timestamp {_show(raw)} is out of range")
         elif kind is int or kind is float:
             try:
                 # epoch seconds, or milliseconds above 1e11 (1e11 s is the year 5138)
                 ts = datetime.fromtimestamp(raw / 1000 if raw > _MS_THRESHOLD else raw, UTC)
             except (OverflowError, OSError, ValueError):
-                return f"timestamp {_show(raw)} is out of range"
+                return Reject(C.BAD_TIMESTAMP, f"timestamp {_show(raw)} is out of range")
         else:
-            return f"timestamp must be an ISO-8601 string or epoch seconds/ms, got {_jtype(raw)}"
+            return Reject(
+                C.BAD_TIMESTAMP, f"timestamp must be an ISO-8601 string or epoch seconds/ms, got {_jtype(raw)}"
+            )
         return self._check_time(ts, raw, now)
 
-    def _check_time(self, ts: datetime, raw: Any, now: datetime) -> datetime | str:
+    def _check_time(self, ts: datetime, raw: Any, now: datetime) -> datetime | Reject:
         """`ts` if within the accepted window around `now`, else the reason (naming the value as sent)."""
         bounds = self._bounds
         if bounds[0] is not now:  # computed once per message, not once per backfill record
@@ -378,22 +409,26 @@ class Decoder:
             return ts
         if ts > now + self._future:
             ahead = (ts - now).total_seconds()
-            return f"timestamp {_label(raw)} is {_span(ahead)} in the future (device clock ahead?)"
+            return Reject(
+                C.TIME_IN_FUTURE, f"timestamp {_label(raw)} is {_span(ahead)} in the future (device clock ahead?)"
+            )
         if ts < now - self._past:
             age = (now - ts).total_seconds()
-            return f"timestamp {_label(raw)} is {_span(age)} old (limit {_span(self._max_past_s)})"
+            return Reject(
+                C.TIME_TOO_OLD, f"timestamp {_label(raw)} is {_span(age)} old (limit {_span(self._max_past_s)})"
+            )
         return ts
 
     # -- readings --------------------------------------------------------------------------------------
 
-    def _metric_reason(self, name: str, kind: str) -> str:
+    def _metric_reason(self, name: str, kind: str) -> Reject:
         if self._catalog.metric(name) is None:
-            return f"unknown metric {_show(name)}"
-        return f"metric {_show(name)} is not allowed for kind {kind!r}"
+            return Reject(C.UNKNOWN_METRIC, f"unknown metric {_show(name)}")
+        return Reject(C.METRIC_NOT_ALLOWED, f"metric {_show(name)} is not allowed for kind {kind!r}")
 
-    def _unit_plan(self, kind: str, name: str, unit: Any) -> _UnitPlan | str:
+    def _unit_plan(self, kind: str, name: str, unit: Any) -> _UnitPlan | Reject:
         if type(unit) is not str:
-            return f"unit of {_show(name)} must be a string, got {_jtype(unit)}"
+            return Reject(C.BAD_UNIT, f"unit of {_show(name)} must be a string, got {_jtype(unit)}")
         key = (kind, name, unit)
         plan = self._unit_plans.get(key)
         if plan is None:
@@ -403,7 +438,7 @@ class Decoder:
             self._unit_plans[key] = plan
         return plan
 
-    def _build_unit_plan(self, kind: str, name: str, unit: str) -> _UnitPlan | str:
+    def _build_unit_plan(self, kind: str, name: str, unit: str) -> _UnitPlan | Reject:
         base = self._plans.get(kind, _NO_PLANS).get(name)
         spec = self._catalog.metric(name)
         if base is None or spec is None:
@@ -411,7 +446,7 @@ class Decoder:
         try:
             scale, shift = self._catalog.conversion(unit, spec.unit)
         except DecodeError as exc:
-            return f"{_show(name)}: {exc.reason}"
+            return Reject(C.BAD_UNIT, f"{_show(name)}: {exc.reason}")
         return (base[0], scale, shift, base[1], base[2])
 
     def _add(
@@ -423,8 +458,8 @@ class Decoder:
         unit: Any,
         ts: datetime,
         out: Decoded,
-    ) -> str | None:
-        """Validate one reading and append its row; return the reason when it is rejected."""
+    ) -> Reject | None:
+        """Validate one reading and append its row; return the reject when it is not stored."""
         if unit is None:
             plan = self._plans.get(kind, _NO_PLANS).get(name)
             if plan is None:
@@ -433,9 +468,9 @@ class Decoder:
             scale = None
         else:
             unit_plan = self._unit_plan(kind, name, unit)
-            if isinstance(unit_plan, str):
+            if type(unit_plan) is Reject:
                 return unit_plan
-            metric, scale, shift, lo, hi = unit_plan
+            metric, scale, shift, lo, hi = unit_plan  # type: ignore[misc]
         vt = type(value)
         if vt is not float and vt is not int:  # bool is not int here: type(True) is bool
             return _value_reason(name, value)
@@ -462,41 +497,50 @@ class Decoder:
         flat = values is None
         if flat:
             if "values" in obj:
-                out.rejects.append(f"{_where(gateway_key, index)}'values' is null, expected an object")
+                out.rejects.append(
+                    Reject(C.BAD_SHAPE, f"{_where(gateway_key, index)}'values' is null, expected an object")
+                )
                 return
             values = obj
         elif type(values) is not dict:
             out.rejects.append(
-                f"{_where(gateway_key, index)}'values' must be an object, got {_jtype(values)}"
+                Reject(C.BAD_SHAPE, f"{_where(gateway_key, index)}'values' must be an object, got {_jtype(values)}")
             )
             return
         elif not _ENVELOPE_KEYS.issuperset(obj):
             for key in obj:
                 if key not in _ENVELOPE_KEYS:
                     out.rejects.append(
-                        f"{_where(gateway_key, index)}unknown key {_show(key)} next to 'values' "
-                        "(expected ts, values, units, device_id)"
+                        Reject(
+                            C.UNKNOWN_FIELD,
+                            f"{_where(gateway_key, index)}unknown key {_show(key)} next to 'values' "
+                            "(expected ts, values, units, device_id)",
+                        )
                     )
         raw_ts = obj.get("ts")
         if raw_ts is None:
             ts = now
         else:
             parsed = self._timestamp(raw_ts, now)
-            if type(parsed) is str:
-                out.rejects.append(f"{_where(gateway_key, index)}{parsed}")
+            if type(parsed) is Reject:
+                out.rejects.append(_prefixed(_where(gateway_key, index), parsed))
                 return
             ts = parsed  # type: ignore[assignment]
         claimed = obj.get("device_id")
         if claimed is not None and claimed != device_id:
             what = "gateway key" if gateway_key is not None else "topic device"
             out.rejects.append(
-                f"{_where(gateway_key, index)}payload device {_show(claimed)} "
-                f"does not match {what} {device_id}"
+                Reject(
+                    C.DEVICE_MISMATCH,
+                    f"{_where(gateway_key, index)}payload device {_show(claimed)} does not match {what} {device_id}",
+                )
             )
             return
         units = obj.get("units")
         if units is not None and type(units) is not dict:
-            out.rejects.append(f"{_where(gateway_key, index)}'units' must be an object, got {_jtype(units)}")
+            out.rejects.append(
+                Reject(C.BAD_SHAPE, f"{_where(gateway_key, index)}'units' must be an object, got {_jtype(units)}")
+            )
             return
 
         plans = self._plans.get(kind, _NO_PLANS)
@@ -517,13 +561,13 @@ class Decoder:
             unit = units.get(name) if units is not None else None
             reason = self._add(device_id, kind, name, value, unit, ts, out)
             if reason is not None:
-                out.rejects.append(f"{_where(gateway_key, index)}{reason}")
+                out.rejects.append(_prefixed(_where(gateway_key, index), reason))
         if count == 0:
-            out.rejects.append(f"{_where(gateway_key, index)}no readings")
+            out.rejects.append(Reject(C.NO_READINGS, f"{_where(gateway_key, index)}no readings"))
 
     def _array(self, doc: list[Any], device_id: str, kind: str, out: Decoded, now: datetime) -> None:
         if not doc:
-            out.rejects.append("no readings")
+            out.rejects.append(_NO_READINGS)
             return
         first = doc[0]
         if type(first) is dict and ("n" in first or "bn" in first or "v" in first or "bt" in first):
@@ -533,7 +577,7 @@ class Decoder:
             if type(item) is dict:
                 self._record(item, device_id, kind, index, None, out, now)
             else:
-                out.rejects.append(f"record {index}: expected an object, got {_jtype(item)}")
+                out.rejects.append(Reject(C.BAD_SHAPE, f"record {index}: expected an object, got {_jtype(item)}"))
 
     def _gateway(self, doc: Any, out: Decoded, now: datetime) -> None:
         """`{device_id: [ {ts, values}, ... ] | {ts, values}}`, or SenML whose names carry the device ids."""
@@ -542,58 +586,70 @@ class Decoder:
                 self._senml(doc, None, None, out, now)
             else:
                 out.rejects.append(
-                    "gateway payload must be an object keyed by device id (or SenML naming the devices)"
+                    Reject(
+                        C.BAD_SHAPE,
+                        "gateway payload must be an object keyed by device id (or SenML naming the devices)",
+                    )
                 )
             return
         if type(doc) is not dict:
-            out.rejects.append(f"gateway payload must be an object keyed by device id, got {_jtype(doc)}")
+            out.rejects.append(
+                Reject(C.BAD_SHAPE, f"gateway payload must be an object keyed by device id, got {_jtype(doc)}")
+            )
             return
         if not doc:
-            out.rejects.append("no readings")
+            out.rejects.append(_NO_READINGS)
             return
         for device_id, body in doc.items():
             if not ID_PATTERN.fullmatch(device_id):
-                out.rejects.append(f"invalid device id {_show(device_id)} (expected [A-Za-z0-9_.-]{{1,64}})")
+                out.rejects.append(
+                    Reject(C.BAD_SHAPE, f"invalid device id {_show(device_id)} (expected [A-Za-z0-9_.-]{{1,64}})")
+                )
                 continue
             kind, reason, _ = self._resolve(device_id, None)
             if reason is not None or kind is None:
-                out.rejects.append(reason or f"unknown device {device_id}")
+                out.rejects.append(reason or Reject(C.UNKNOWN_DEVICE, f"unknown device {device_id}"))
                 continue
             if type(body) is dict:
                 self._record(body, device_id, kind, None, device_id, out, now)
             elif type(body) is list:
                 if not body:
-                    out.rejects.append(f"device {device_id}: no readings")
+                    out.rejects.append(Reject(C.NO_READINGS, f"device {device_id}: no readings"))
                 for index, item in enumerate(body):
                     if type(item) is dict:
                         self._record(item, device_id, kind, index, device_id, out, now)
                     else:
                         out.rejects.append(
-                            f"device {device_id} record {index}: expected an object, got {_jtype(item)}"
+                            Reject(
+                                C.BAD_SHAPE,
+                                f"device {device_id} record {index}: expected an object, got {_jtype(item)}",
+                            )
                         )
             else:
                 out.rejects.append(
-                    f"device {device_id}: expected an object or array of objects, got {_jtype(body)}"
+                    Reject(
+                        C.BAD_SHAPE, f"device {device_id}: expected an object or array of objects, got {_jtype(body)}"
+                    )
                 )
 
     # -- SenML (RFC 8428) ------------------------------------------------------------------------------
 
-    def _split_name(self, name: str) -> tuple[str | None, str] | str:
+    def _split_name(self, name: str) -> tuple[str | None, str] | Reject:
         """`bn+n` → (device id or None, metric): the metric follows the last '/' or ':', the device id is the
         segment before it (`HG-BQ-01/rain_mm`, `urn:dev:occ:HG-BQ-01:rain_mm`)."""
         split = self._names.get(name)
         if split is None:
             if not _SENML_NAME.match(name):
-                split = f"invalid SenML name {_show(name)}"
+                split = Reject(C.BAD_SENML, f"invalid SenML name {_show(name)}")
             else:
                 cut = max(name.rfind("/"), name.rfind(":"))
                 metric = name[cut + 1 :]
                 prefix = name[:cut] if cut >= 0 else ""
                 device = prefix[max(prefix.rfind("/"), prefix.rfind(":")) + 1 :] if prefix else None
                 if not metric:
-                    split = f"SenML name {_show(name)} has no metric after the last '/' or ':'"
+                    split = Reject(C.BAD_SENML, f"SenML name {_show(name)} has no metric after the last '/' or ':'")
                 elif device is not None and not ID_PATTERN.fullmatch(device):
-                    split = f"SenML name {_show(name)}: invalid device id {_show(device)}"
+                    split = Reject(C.BAD_SENML, f"SenML name {_show(name)}: invalid device id {_show(device)}")
                 else:
                     split = (device, metric)
             if len(self._names) >= _SMALL_CACHE_MAX:
@@ -611,61 +667,73 @@ class Decoder:
         base_unit: str | None = None
         base_value: float = 0.0
         last_time: float | None = None
-        last_ts: datetime | str = now
+        last_ts: datetime | Reject = now
         resolved: dict[str, _Resolved] = {}
         readings = 0
         for index, rec in enumerate(pack):
             if type(rec) is not dict:
-                rejects.append(f"SenML record {index}: expected an object, got {_jtype(rec)}")
+                rejects.append(Reject(C.BAD_SENML, f"SenML record {index}: expected an object, got {_jtype(rec)}"))
                 continue
             has_base = not _SENML_BASE.isdisjoint(rec)
             if has_base:  # base fields apply to this record and every later one (RFC 8428 §4.1)
                 base = self._senml_base(rec, base_name, base_time, base_unit, base_value)
-                if isinstance(base, str):
+                if type(base) is Reject:
                     # later records would be misread without their base fields: reject the rest of the pack
-                    rejects.append(f"SenML record {index}: {base} (this and later records rejected)")
+                    rejects.append(
+                        Reject(base.code, f"SenML record {index}: {base.text} (this and later records rejected)")
+                    )
                     return
-                base_name, base_time, base_unit, base_value = base
+                base_name, base_time, base_unit, base_value = base  # type: ignore[misc]
             if not _SENML_FIELDS.issuperset(rec):
                 unknown = [k for k in rec if k not in _SENML_FIELDS and k.endswith("_")]
                 if unknown:  # RFC 8428 §4.4: fields ending in '_' must be understood; others are ignored
                     field = _show(unknown[0])
-                    rejects.append(f"SenML record {index}: unsupported must-understand field {field}")
+                    rejects.append(
+                        Reject(C.BAD_SENML, f"SenML record {index}: unsupported must-understand field {field}")
+                    )
                     continue
             name = rec.get("n")
             if name is None:
                 if _SENML_VALUES.isdisjoint(rec):
                     if not has_base:
-                        rejects.append(f"SenML record {index}: neither a name (n) nor a value (v, vb)")
+                        rejects.append(
+                            Reject(C.BAD_SENML, f"SenML record {index}: neither a name (n) nor a value (v, vb)")
+                        )
                     continue  # a record that only sets base fields
                 name = base_name
             elif type(name) is not str:
-                rejects.append(f"SenML record {index}: n must be a string, got {_jtype(name)}")
+                rejects.append(Reject(C.BAD_SENML, f"SenML record {index}: n must be a string, got {_jtype(name)}"))
                 continue
             elif base_name:
                 name = base_name + name
             if not name:
-                rejects.append(f"SenML record {index}: no name (n/bn)")
+                rejects.append(Reject(C.BAD_SENML, f"SenML record {index}: no name (n/bn)"))
                 continue
             split = self._names.get(name)
             if split is None:
                 split = self._split_name(name)
-            if isinstance(split, str):
-                rejects.append(f"SenML record {index}: {split}")
+            if type(split) is Reject:
+                rejects.append(_prefixed(f"SenML record {index}: ", split))
                 continue
             device, metric = split
             if topic_device is not None:
                 if device is not None and device != topic_device:
                     rejects.append(
-                        f"SenML record {index} ({_show(name)}): name is for device {device}, "
-                        f"topic device is {topic_device}"
+                        Reject(
+                            C.DEVICE_MISMATCH,
+                            f"SenML record {index} ({_show(name)}): name is for device {device}, "
+                            f"topic device is {topic_device}",
+                        )
                     )
                     continue
                 device, kind = topic_device, topic_kind
             elif device is None:
                 rejects.append(
-                    f"SenML record {index} ({_show(name)}): a gateway pack needs the device id in the name "
-                    "(bn 'DEVICE/' or 'urn:dev:...:DEVICE:')"
+                    Reject(
+                        C.BAD_SENML,
+                        f"SenML record {index} ({_show(name)}): a gateway pack needs the device id in the name "
+                        "(bn 'DEVICE/' or 'urn:dev:...:DEVICE:')",
+                    )
                 )
                 continue
             else:
@@ -674,19 +742,23 @@ class Decoder:
                     found = resolved[device] = self._resolve(device, None)
                 kind, reason, _ = found
                 if reason is not None or kind is None:
-                    rejects.append(f"SenML record {index} ({_show(name)}): {reason}")
+                    reason = reason or Reject(C.UNKNOWN_DEVICE, f"unknown device {device}")
+                    rejects.append(_prefixed(f"SenML record {index} ({_show(name)}): ", reason))
                     continue
             assert kind is not None
             value = rec.get("v")
             if value is None:
                 value = self._senml_other_value(rec)
-                if isinstance(value, str):
-                    rejects.append(f"SenML record {index} ({_show(name)}): {value}")
+                if type(value) is Reject:
+                    rejects.append(_prefixed(f"SenML record {index} ({_show(name)}): ", value))
                     continue
             elif type(value) is not float and type(value) is not int:
                 rejects.append(
-                    f"SenML record {index} ({_show(name)}): v must be a number, "
-                    f"got {_jtype(value)} ({_show(value, 40)})"
+                    Reject(
+                        C.BAD_VALUE,
+                        f"SenML record {index} ({_show(name)}): v must be a number, "
+                        f"got {_jtype(value)} ({_show(value, 40)})",
+                    )
                 )
                 continue
             elif base_value:
@@ -698,13 +770,15 @@ class Decoder:
             elif type(t) is float or type(t) is int:
                 when = base_time + t
             else:
-                rejects.append(f"SenML record {index} ({_show(name)}): t must be a number, got {_jtype(t)}")
+                rejects.append(
+                    Reject(C.BAD_SENML, f"SenML record {index} ({_show(name)}): t must be a number, got {_jtype(t)}")
+                )
                 continue
             if when != last_time:  # records of one pack usually share a time: share the datetime too
                 last_time = when
                 last_ts = self._senml_time(when, now)
-            if isinstance(last_ts, str):
-                rejects.append(f"SenML record {index} ({_show(name)}): {last_ts}")
+            if type(last_ts) is Reject:
+                rejects.append(_prefixed(f"SenML record {index} ({_show(name)}): ", last_ts))
                 continue
             readings += 1
             unit = rec.get("u", base_unit)
@@ -715,50 +789,50 @@ class Decoder:
                     value = float(value)
                     if value - value == 0.0:
                         out.rows.append(
-                            (device, metric, last_ts, value, 0 if lo <= value <= hi else _OUT_OF_RANGE)
+                            (device, metric, last_ts, value, 0 if lo <= value <= hi else _OUT_OF_RANGE)  # type: ignore[arg-type]
                         )
                         continue
-            reason = self._add(device, kind, metric, value, unit, last_ts, out)
+            reason = self._add(device, kind, metric, value, unit, last_ts, out)  # type: ignore[arg-type]
             if reason is not None:
-                rejects.append(f"SenML record {index} ({_show(name)}): {reason}")
+                rejects.append(_prefixed(f"SenML record {index} ({_show(name)}): ", reason))
         if readings == 0 and not rejects:
-            rejects.append("no readings")
+            rejects.append(_NO_READINGS)
 
     @staticmethod
     def _senml_base(
         rec: dict[str, Any], name: str, time: float, unit: str | None, value: float
-    ) -> tuple[str, float, str | None, float] | str:
+    ) -> tuple[str, float, str | None, float] | Reject:
         """New base (name, time, unit, value) from a record's bn/bt/bu/bv, or the reason they are invalid."""
         bn, bt, bu, bv = rec.get("bn", name), rec.get("bt", time), rec.get("bu", unit), rec.get("bv", value)
         if type(bn) is not str:
-            return f"bn must be a string, got {_jtype(bn)}"
+            return Reject(C.BAD_SENML, f"bn must be a string, got {_jtype(bn)}")
         if type(bt) is not int and type(bt) is not float:
-            return f"bt must be a number, got {_jtype(bt)}"
+            return Reject(C.BAD_SENML, f"bt must be a number, got {_jtype(bt)}")
         if bu is not None and type(bu) is not str:
-            return f"bu must be a string, got {_jtype(bu)}"
+            return Reject(C.BAD_SENML, f"bu must be a string, got {_jtype(bu)}")
         if type(bv) is not int and type(bv) is not float:
-            return f"bv must be a number, got {_jtype(bv)}"
+            return Reject(C.BAD_SENML, f"bv must be a number, got {_jtype(bv)}")
         return bn, float(bt), bu, float(bv)
 
     @staticmethod
-    def _senml_other_value(rec: dict[str, Any]) -> float | str:
+    def _senml_other_value(rec: dict[str, Any]) -> float | Reject:
         """The value of a record without `v`: vb as 1.0/0.0, or why there is no numeric value."""
         if "v" in rec:
-            return "v must be a number, got null"
+            return Reject(C.BAD_VALUE, "v must be a number, got null")
         if "vb" in rec:
             value = rec["vb"]
             if type(value) is not bool:
-                return f"vb must be true or false, got {_jtype(value)}"
+                return Reject(C.BAD_VALUE, f"vb must be true or false, got {_jtype(value)}")
             return 1.0 if value else 0.0
         if "vs" in rec:
-            return "vs (string value) is not supported for numeric metrics"
+            return Reject(C.BAD_SENML, "vs (string value) is not supported for numeric metrics")
         if "vd" in rec:
-            return "vd (data value) is not supported for numeric metrics"
+            return Reject(C.BAD_SENML, "vd (data value) is not supported for numeric metrics")
         if "s" in rec:
-            return "sum (s) without a value is not supported"
-        return "no value (v or vb)"
+            return Reject(C.BAD_SENML, "sum (s) without a value is not supported")
+        return Reject(C.BAD_SENML, "no value (v or vb)")
 
-    def _senml_time(self, when: float, now: datetime) -> datetime | str:
+    def _senml_time(self, when: float, now: datetime) -> datetime | Reject:
         if when == 0:
             return now
         try:
@@ -766,7 +840,7 @@ class Decoder:
                 return self._check_time(now + timedelta(seconds=when), _SenmlTime(when), now)
             return self._check_time(datetime.fromtimestamp(when, UTC), _SenmlTime(when), now)
         except (OverflowError, OSError, ValueError):
-            return f"time {when} is out of range"
+            return Reject(C.BAD_TIMESTAMP, f"time {when} is out of range")
 
     # -- events and status -----------------------------------------------------------------------------
 
@@ -778,36 +852,43 @@ class Decoder:
             items, indexed = [doc], False
         elif type(doc) is list:
             if not doc:
-                out.rejects.append("no events")
+                out.rejects.append(Reject(C.NO_READINGS, "no events"))
                 return
             items, indexed = doc, True
         else:
-            out.rejects.append(f"event must be a JSON object or array of objects, got {_jtype(doc)}")
+            out.rejects.append(
+                Reject(C.BAD_SHAPE, f"event must be a JSON object or array of objects, got {_jtype(doc)}")
+            )
             return
         for index, item in enumerate(items):
             where = f"event {index}: " if indexed else "event: "
             if type(item) is not dict:
-                out.rejects.append(f"{where}expected an object, got {_jtype(item)}")
+                out.rejects.append(Reject(C.BAD_SHAPE, f"{where}expected an object, got {_jtype(item)}"))
                 continue
             etype = item.get("type")
             if etype is None:
-                out.rejects.append(f"{where}missing 'type'")
+                out.rejects.append(Reject(C.BAD_EVENT, f"{where}missing 'type'"))
                 continue
             if type(etype) is not str or not ID_PATTERN.fullmatch(etype):
-                out.rejects.append(f"{where}type {_show(etype)} is invalid (expected [A-Za-z0-9_.-]{{1,64}})")
+                out.rejects.append(
+                    Reject(C.BAD_EVENT, f"{where}type {_show(etype)} is invalid (expected [A-Za-z0-9_.-]{{1,64}})")
+                )
                 continue
             claimed = item.get("device_id")
             if claimed is not None and claimed != device_id:
                 out.rejects.append(
-                    f"{where}payload device {_show(claimed)} does not match topic device {device_id}"
+                    Reject(
+                        C.DEVICE_MISMATCH,
+                        f"{where}payload device {_show(claimed)} does not match topic device {device_id}",
+                    )
                 )
                 continue
             raw_ts = item.get("ts")
             ts = now
             if raw_ts is not None:
                 parsed = self._timestamp(raw_ts, now)
-                if type(parsed) is str:
-                    out.rejects.append(f"{where}{parsed}")
+                if type(parsed) is Reject:
+                    out.rejects.append(_prefixed(where, parsed))
                     continue
                 ts = parsed  # type: ignore[assignment]
             data = {k: v for k, v in item.items() if k not in _EVENT_RESERVED}
@@ -831,22 +912,30 @@ class Decoder:
             value = doc.get("status")
             for key in doc:
                 if key not in _STATUS_KEYS:
-                    out.rejects.append(f"status: unknown key {_show(key)} (expected status, ts, device_id)")
+                    out.rejects.append(
+                        Reject(C.UNKNOWN_FIELD, f"status: unknown key {_show(key)} (expected status, ts, device_id)")
+                    )
             claimed = doc.get("device_id")
             if claimed is not None and claimed != device_id:
-                out.rejects.append(f"payload device {_show(claimed)} does not match topic device {device_id}")
+                out.rejects.append(
+                    Reject(
+                        C.DEVICE_MISMATCH, f"payload device {_show(claimed)} does not match topic device {device_id}"
+                    )
+                )
                 return
             if doc.get("ts") is not None:
                 parsed = self._timestamp(doc["ts"], now)
-                if type(parsed) is str:
-                    out.rejects.append(f"status: {parsed}")
+                if type(parsed) is Reject:
+                    out.rejects.append(_prefixed("status: ", parsed))
                     return
                 ts = parsed  # type: ignore[assignment]
         else:
-            out.rejects.append(f"status must be online, offline or a JSON object, got {_jtype(doc)}")
+            out.rejects.append(
+                Reject(C.BAD_STATUS, f"status must be online, offline or a JSON object, got {_jtype(doc)}")
+            )
             return
         status = _STATUSES.get(value) if type(value) is str else None
         if status is None:
-            out.rejects.append(f"status must be 'online' or 'offline', got {_show(value)}")
+            out.rejects.append(Reject(C.BAD_STATUS, f"status must be 'online' or 'offline', got {_show(value)}"))
             return
         out.status = StatusChange(device_id, status, ts)  # type: ignore[arg-type]

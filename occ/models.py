@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import IntFlag
-from typing import Any, Literal, NewType
+from enum import IntFlag, StrEnum
+from typing import Any, Literal, NamedTuple, NewType
 
 from occ.errors import DecodeError
 
@@ -104,14 +104,65 @@ class StatusChange:
     ts: datetime
 
 
+class RejectCode(StrEnum):
+    """Why (part of) a message was not stored: a stable, bounded code for metrics labels, dead-letter rows and
+    decisions (ingest re-checks the registry on UNKNOWN_DEVICE). The human text travels beside it in `Reject`;
+    never decide anything by parsing that text. Values are stored in the database: never rename one."""
+
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    BAD_TOPIC = "bad_topic"
+    """Outside the prefix, wrong number of levels, invalid kind/device id, unknown channel."""
+    UNKNOWN_DEVICE = "unknown_device"
+    KIND_MISMATCH = "kind_mismatch"
+    """The topic's kind differs from the kind registered for the device."""
+    NOT_UTF8 = "not_utf8"
+    EMPTY_PAYLOAD = "empty_payload"
+    MALFORMED_JSON = "malformed_json"
+    NON_FINITE = "non_finite"
+    """A NaN/Infinity literal or an overflowing number in the JSON."""
+    BAD_SHAPE = "bad_shape"
+    """Valid JSON of the wrong structure: wrong type for the payload, a record, 'values' or 'units'."""
+    UNKNOWN_FIELD = "unknown_field"
+    NO_READINGS = "no_readings"
+    BAD_TIMESTAMP = "bad_timestamp"
+    """Not ISO-8601 or epoch seconds/ms, or out of the representable range."""
+    TIME_IN_FUTURE = "time_in_future"
+    TIME_TOO_OLD = "time_too_old"
+    DEVICE_MISMATCH = "device_mismatch"
+    """The payload names another device than the topic (or gateway key)."""
+    UNKNOWN_METRIC = "unknown_metric"
+    METRIC_NOT_ALLOWED = "metric_not_allowed"
+    BAD_UNIT = "bad_unit"
+    BAD_VALUE = "bad_value"
+    """Not a number, or not finite."""
+    BAD_SENML = "bad_senml"
+    """A SenML record breaks RFC 8428 or uses what OCC does not support (names, base fields, vs/vd/s)."""
+    BAD_STATUS = "bad_status"
+    BAD_EVENT = "bad_event"
+    DECODER_ERROR = "decoder_error"
+    """A bug in the decoder; the message is dead-lettered instead of stopping ingest."""
+    STORE_REJECTED = "store_rejected"
+    """The database refused a message that decoded (set by ingest, not by the decoder)."""
+
+
+class Reject(NamedTuple):
+    """One part of a message that was not stored: the code decides, the text explains (with ids and values)."""
+
+    code: RejectCode
+    text: str
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A message (or part of one) that could not be stored as data, kept with its raw bytes and reason."""
+    """A message (or part of one) that could not be stored as data, kept with its raw bytes, its primary
+    reject code, the human reason, and the device named by its topic (None when the topic names none)."""
 
     received_at: datetime
     topic: str
     payload: bytes
     reason: str
+    code: RejectCode
+    device_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,11 +186,28 @@ class Device:
 
 @dataclass(slots=True)
 class Decoded:
-    """What one MQTT message turned into. `rejects` lists reasons for parts that were not stored; when it is
-    non-empty the raw message also goes to dead letters, so nothing is lost even when most of it was good."""
+    """What one MQTT message turned into. `rejects` lists the parts that were not stored (code and text,
+    at most `codecs.MAX_REJECT_REASONS`); when it is non-empty the raw message also goes to dead letters, so
+    nothing is lost even when most of it was good."""
 
     rows: list[ReadingRow] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     status: StatusChange | None = None
-    rejects: list[str] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
     unknown_devices: set[str] = field(default_factory=set)
+    reject_counts: dict[RejectCode, int] = field(default_factory=dict)
+    """Every reject by code, including those beyond the kept list (filled by the decoder)."""
+    dropped_rejects: int = 0
+    """Rejects counted in `reject_counts` whose text was not kept."""
+
+    @property
+    def stored(self) -> int:
+        """Readings, events and status changes kept from this message."""
+        return len(self.rows) + len(self.events) + (self.status is not None)
+
+    def reject_text(self) -> str:
+        """Every kept reason in one line, for the dead-letter row and logs."""
+        text = "; ".join(r.text for r in self.rejects)
+        if self.dropped_rejects:
+            text += f"; … and {self.dropped_rejects} more rejects"
+        return text

@@ -66,7 +66,9 @@ class DeadLetterRecord:
     topic: str
     payload: bytes
     reason: str
-    client_id: str | None
+    code: str | None
+    """A `RejectCode` value; None for rows stored before codes existed."""
+    device_id: str | None
 
 
 @dataclass(slots=True)

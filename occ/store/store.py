@@ -37,7 +37,7 @@ from occ.store.records import (
 log = logging.getLogger(__name__)
 
 READING_COLUMNS = ("device_id", "metric", "ts", "value", "quality")
-DEAD_LETTER_COLUMNS = ("received_at", "topic", "payload", "reason", "client_id")
+DEAD_LETTER_COLUMNS = ("received_at", "topic", "payload", "reason", "code", "device_id")
 _RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 _WRITE_ATTEMPTS = 3
 
@@ -282,7 +282,8 @@ class Store:
                 _clean_text(letter.topic),
                 letter.payload,
                 _clean_text(letter.reason),
-                getattr(letter, "client_id", None),
+                str(letter.code),
+                letter.device_id,
             )
             for letter in dead_letters
         ]
@@ -668,13 +669,13 @@ class Store:
         async with self._connection() as conn:
             if since is None:
                 rows = await conn.fetch(
-                    "SELECT id, received_at, topic, payload, reason, client_id FROM dead_letters "
+                    "SELECT id, received_at, topic, payload, reason, code, device_id FROM dead_letters "
                     "ORDER BY received_at DESC, id DESC LIMIT $1",
                     limit,
                 )
             else:
                 rows = await conn.fetch(
-                    "SELECT id, received_at, topic, payload, reason, client_id FROM dead_letters "
+                    "SELECT id, received_at, topic, payload, reason, code, device_id FROM dead_letters "
                     "WHERE received_at >= $2 ORDER BY received_at DESC, id DESC LIMIT $1",
                     limit,
                     since,

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import orjson
 
+from occ.models import RejectCode
 from tests.integration.ingest_helpers import Publisher, fetch, running_ingest, seed_devices, wait_for_count
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
@@ -80,6 +81,11 @@ BAD_MESSAGES = {
     "past": (b'{"ts": 946684800, "values": {"rain_mm": 1}}', "days old"),
     "oversize": (b'{"rain_mm": 1, "pad": "' + b"x" * 70_000 + b'"}', "exceeds the limit"),
 }
+BAD_CODES = {
+    "malformed": RejectCode.MALFORMED_JSON, "wrong_type": RejectCode.BAD_VALUE, "nan": RejectCode.NON_FINITE,
+    "infinity": RejectCode.NON_FINITE, "mismatch": RejectCode.DEVICE_MISMATCH, "future": RejectCode.TIME_IN_FUTURE,
+    "past": RejectCode.TIME_TOO_OLD, "oversize": RejectCode.PAYLOAD_TOO_LARGE,
+}
 
 
 async def test_bad_input_goes_to_dead_letters_and_ingest_keeps_running(
@@ -97,13 +103,17 @@ async def test_bad_input_goes_to_dead_letters_and_ingest_keeps_running(
         assert await wait_for_count(database_url, "SELECT count(*) FROM dead_letters", expected) == expected
         assert await wait_for_count(database_url, "SELECT count(*) FROM readings", 1) == 1
         assert service.health()["ok"]
-    letters = await fetch(database_url, "SELECT topic, payload, reason FROM dead_letters")
-    reasons = [r["reason"] for r in letters]
+        # metrics are labelled by code (a bounded set), never by the text
+        assert service.metrics.dead_lettered.get(RejectCode.NON_FINITE) == 2
+        assert service.metrics.dead_lettered.get(RejectCode.UNKNOWN_DEVICE) == 1
+    letters = await fetch(database_url, "SELECT topic, payload, reason, code, device_id FROM dead_letters")
     for name, (payload, fragment) in BAD_MESSAGES.items():
         matching = [r for r in letters if bytes(r["payload"]) == payload]
         assert matching, f"{name} not dead-lettered"
         assert fragment in matching[0]["reason"], (name, matching[0]["reason"])
-    assert any("unknown device" in r for r in reasons)
+        assert (matching[0]["code"], matching[0]["device_id"]) == (BAD_CODES[name], "HG-T-007"), name
+    unknown = [r for r in letters if r["code"] == RejectCode.UNKNOWN_DEVICE]
+    assert [(r["device_id"], r["reason"]) for r in unknown] == [("NOT-REGISTERED", "unknown device NOT-REGISTERED")]
 
 
 async def test_out_of_range_is_stored_with_quality_flag(
@@ -162,8 +172,9 @@ async def test_message_the_database_refuses_is_dead_lettered_not_blocking(
         assert await wait_for_count(database_url, "SELECT count(*) FROM events", 1, timeout=30) == 1
         assert service.health()["ok"]
         assert service.metrics.dead_lettered.get("store_rejected") == 1
-    letter = (await fetch(database_url, "SELECT topic, payload, reason FROM dead_letters"))[0]
+    letter = (await fetch(database_url, "SELECT topic, payload, reason, code FROM dead_letters"))[0]
     assert b"poison" in bytes(letter["payload"]) and "store rejected" in letter["reason"]
+    assert letter["code"] == RejectCode.STORE_REJECTED
     assert "poison event" in letter["reason"]
 
 

@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from occ.errors import StoreUnavailable
-from occ.models import DeadLetter, Device, Event, Quality, StatusChange
+from occ.models import DeadLetter, Device, Event, Quality, RejectCode, StatusChange
 from occ.store import MigrationError, Store, migrate
 from occ.store.migrator import discover
 
@@ -226,7 +226,10 @@ async def test_events_statuses_dead_letters_and_unprovisioned(store: Store) -> N
         Event("cam2", T0 + timedelta(seconds=1), "vehicle", {"plate": "23A-\x00123"}),
     ]
     statuses = [StatusChange("st1", "online", T0), StatusChange("st1", "offline", T0 + timedelta(minutes=5))]
-    letters = [DeadLetter(T0, "occ/v1/hydromet/st9/telemetry", b"\xff\x00garbage", "undecodable JSON")]
+    letters = [
+        DeadLetter(T0, "occ/v1/hydromet/st9/telemetry", b"\xff\x00garbage", "undecodable JSON",
+                   RejectCode.NOT_UTF8, "st9")
+    ]
     result = await store.write_batch(
         rows_at(T0, 3),
         events=events,
@@ -266,10 +269,12 @@ async def test_events_statuses_dead_letters_and_unprovisioned(store: Store) -> N
     assert [s for _, s in await store.status_history("st1")] == ["online", "offline", "online"]
 
     [letter] = await store.dead_letters()
-    assert (letter.topic, letter.payload, letter.reason) == (
+    assert (letter.topic, letter.payload, letter.reason, letter.code, letter.device_id) == (
         "occ/v1/hydromet/st9/telemetry",
         b"\xff\x00garbage",
         "undecodable JSON",
+        "not_utf8",
+        "st9",
     )
     assert await store.dead_letters(since=T0 + timedelta(seconds=1)) == []
     device = await store.get_device("st9")

@@ -11,7 +11,7 @@ import pytest
 
 from occ.catalog import Catalog
 from occ.codecs import MAX_REJECT_REASONS, Decoder
-from occ.models import Decoded, Device, Event, Quality, StatusChange
+from occ.models import Decoded, Device, Event, Quality, RejectCode, StatusChange
 
 NOW = datetime(2026, 11, 27, 1, 0, tzinfo=UTC)  # 08:00 in Hà Giang
 NOW_EPOCH = int(NOW.timestamp())
@@ -42,10 +42,15 @@ def decode(decoder: Decoder, payload: Any, topic: str = TOPIC, at: datetime = NO
     return decoder.decode(topic, raw, at)
 
 
+def texts(result: Decoded) -> list[str]:
+    """The human reasons, for assertions on wording (codes are checked separately)."""
+    return [reject.text for reject in result.rejects]
+
+
 def only_reject(result: Decoded) -> str:
     assert not result.rows, result.rows
     assert len(result.rejects) == 1, result.rejects
-    return result.rejects[0]
+    return result.rejects[0].text
 
 
 # -- telemetry forms -------------------------------------------------------------------------------
@@ -54,7 +59,7 @@ def only_reject(result: Decoded) -> str:
 def test_flat_object_means_now_and_shares_the_receive_time(decoder: Decoder) -> None:
     result = decode(decoder, b'{"rain_mm": 1.2, "water_level_m": 99.5}')
     assert result.rows == [(RG, "rain_mm", NOW, 1.2, 0), (RG, "water_level_m", NOW, 99.5, 0)]
-    assert result.rejects == [] and result.events == [] and result.status is None
+    assert texts(result) == [] and result.events == [] and result.status is None
     assert result.rows[0][2] is result.rows[1][2]
     assert all(type(row[3]) is float and type(row[4]) is int for row in result.rows)
 
@@ -72,7 +77,7 @@ def test_object_with_iso_timestamp_is_stored_in_utc(decoder: Decoder) -> None:
 def test_flat_object_may_carry_ts_and_device_id(decoder: Decoder) -> None:
     result = decode(decoder, {"ts": "2026-11-27T00:55:00Z", "device_id": RG, "rain_mm": 0.4})
     assert result.rows == [(RG, "rain_mm", NOW - timedelta(minutes=5), 0.4, 0)]
-    assert result.rejects == []
+    assert texts(result) == []
 
 
 def test_naive_iso_timestamp_is_local_time(catalog: Catalog) -> None:
@@ -104,7 +109,7 @@ def test_epoch_seconds_and_milliseconds(decoder: Decoder) -> None:
 def test_array_backfill_keeps_event_time_and_order(decoder: Decoder) -> None:
     records = [{"ts": NOW_EPOCH - 600 * i, "values": {"rain_mm": float(i)}} for i in range(5000)]
     result = decode(decoder, records)
-    assert result.rejects == []
+    assert texts(result) == []
     assert len(result.rows) == 5000
     assert result.rows[0] == (RG, "rain_mm", NOW, 0.0, 0)
     assert result.rows[4999][2] == NOW - timedelta(seconds=600 * 4999)
@@ -126,7 +131,7 @@ def test_bad_record_in_backfill_is_rejected_alone(decoder: Decoder) -> None:
         ],
     )
     assert [row[3] for row in result.rows] == [1.0, 3.0]
-    assert result.rejects == [
+    assert texts(result) == [
         "record 1: timestamp 'yesterday' is not ISO-8601 or epoch seconds/ms",
         "record 3: expected an object, got number",
     ]
@@ -140,7 +145,7 @@ def test_unit_conversion_per_object(decoder: Decoder) -> None:
             "units": {"water_level_m": "cm", "temperature_c": "K", "wind_speed_ms": "km/h"},
         },
     )
-    assert result.rejects == []
+    assert texts(result) == []
     values = {row[1]: row[3] for row in result.rows}
     assert values == pytest.approx(
         {"water_level_m": 99.5, "temperature_c": 18.0, "wind_speed_ms": 10.0, "rain_mm": 0.5}
@@ -156,7 +161,7 @@ def test_unit_conversion_on_a_flat_object_and_traffic_speed(decoder: Decoder) ->
 
 def test_out_of_range_is_kept_with_a_quality_flag(decoder: Decoder) -> None:
     result = decode(decoder, {"rain_mm": 450.0, "humidity_pct": -3, "temperature_c": 50})
-    assert result.rejects == []
+    assert texts(result) == []
     assert result.rows == [
         (RG, "rain_mm", NOW, 450.0, Quality.OUT_OF_RANGE),
         (RG, "humidity_pct", NOW, -3.0, Quality.OUT_OF_RANGE),
@@ -180,7 +185,7 @@ def test_senml_base_fields_names_and_units(decoder: Decoder) -> None:
         {"n": "water_level_m", "u": "cm", "v": 10010},
     ]
     result = decode(decoder, pack)
-    assert result.rejects == []
+    assert texts(result) == []
     t0 = NOW - timedelta(seconds=600)
     assert result.rows == [
         (RG, "rain_mm", t0, 1.5, 0),
@@ -228,7 +233,7 @@ def test_senml_string_and_data_values_are_rejected(decoder: Decoder) -> None:
         ],
     )
     assert result.rows == [(RG, "rain_mm", NOW, 1.0, 0)]
-    assert result.rejects == [
+    assert texts(result) == [
         f"SenML record 1 ('{RG}/rain_mm'): vs (string value) is not supported for numeric metrics",
         f"SenML record 2 ('{RG}/rain_mm'): vd (data value) is not supported for numeric metrics",
         f"SenML record 3 ('{RG}/rain_mm'): sum (s) without a value is not supported",
@@ -282,7 +287,7 @@ def test_senml_rejects(decoder: Decoder, pack: list[Any], reason: str) -> None:
 
 def test_senml_unknown_optional_fields_are_ignored(decoder: Decoder) -> None:
     result = decode(decoder, [{"n": "rain_mm", "v": 1, "ut": 600, "bver": 10, "note": "x"}])
-    assert result.rows == [(RG, "rain_mm", NOW, 1.0, 0)] and result.rejects == []
+    assert result.rows == [(RG, "rain_mm", NOW, 1.0, 0)] and texts(result) == []
 
 
 # -- gateway ---------------------------------------------------------------------------------------
@@ -307,7 +312,7 @@ def test_gateway_payload_with_one_unknown_device(decoder: Decoder) -> None:
         (TC, "vehicles_car", NOW, 12.0, 0),
         (TC, "speed_kmh", NOW, 41.5, 0),
     ]
-    assert result.rejects == ["unknown device HG-GHOST"]
+    assert texts(result) == ["unknown device HG-GHOST"]
 
 
 def test_gateway_uses_each_devices_registered_kind(decoder: Decoder) -> None:
@@ -315,7 +320,7 @@ def test_gateway_uses_each_devices_registered_kind(decoder: Decoder) -> None:
         decoder, {TC: {"rain_mm": 1}, RG: [{"values": {"rain_mm": 1}, "device_id": TC}]}, topic=GW_TOPIC
     )
     assert result.rows == []
-    assert result.rejects == [
+    assert texts(result) == [
         f"device {TC}: metric 'rain_mm' is not allowed for kind 'traffic'",
         f"device {RG} record 0: payload device '{TC}' does not match gateway key {RG}",
     ]
@@ -347,7 +352,7 @@ def test_gateway_senml_names_the_devices(decoder: Decoder) -> None:
     ]
     result = decode(decoder, pack, topic=GW_TOPIC)
     assert result.rows == [(RG, "rain_mm", NOW, 1.0, 0), (TC, "vehicles_car", NOW, 3.0, 0)]
-    assert result.rejects == [
+    assert texts(result) == [
         "SenML record 2 ('rain_mm'): a gateway pack needs the device id in the name "
         "(bn 'DEVICE/' or 'urn:dev:...:DEVICE:')",
         "SenML record 3 ('HG-GHOST/rain_mm'): unknown device HG-GHOST",
@@ -430,14 +435,14 @@ def test_gateway_cannot_auto_register(catalog: Catalog) -> None:
 )
 def test_reject_reasons(decoder: Decoder, payload: bytes, reason: str) -> None:
     result = decoder.decode(TOPIC, payload, NOW)
-    assert reason in result.rejects, result.rejects
+    assert reason in texts(result), result.rejects
     assert len(result.rejects) == 1, result.rejects
 
 
 def test_good_readings_survive_bad_ones_in_the_same_message(decoder: Decoder) -> None:
     result = decode(decoder, {"rain_mm": 1, "snow_cm": 2, "humidity_pct": "wet", "temperature_c": 20})
     assert result.rows == [(RG, "rain_mm", NOW, 1.0, 0), (RG, "temperature_c", NOW, 20.0, 0)]
-    assert result.rejects == [
+    assert texts(result) == [
         "unknown metric 'snow_cm'",
         "value of 'humidity_pct' is a string ('wet'), expected a number",
     ]
@@ -492,7 +497,7 @@ def test_topic_and_registry_rejects(decoder: Decoder, topic: str, reason: str) -
 def test_custom_prefix(catalog: Catalog) -> None:
     decoder = Decoder(catalog, DEVICES, prefix="hagiang/v2")
     assert decoder.decode(f"hagiang/v2/hydromet/{RG}/telemetry", b'{"rain_mm": 1}', NOW).rows
-    assert decoder.decode(TOPIC, b'{"rain_mm": 1}', NOW).rejects == ["topic outside hagiang/v2/"]
+    assert texts(decoder.decode(TOPIC, b'{"rain_mm": 1}', NOW)) == ["topic outside hagiang/v2/"]
 
 
 def test_auto_register_keeps_rows_and_reports_the_device(catalog: Catalog) -> None:
@@ -500,7 +505,7 @@ def test_auto_register_keeps_rows_and_reports_the_device(catalog: Catalog) -> No
     result = decoder.decode("occ/v1/traffic/HG-TC-NEW/telemetry", b'{"vehicles_car": 4}', NOW)
     assert result.rows == [("HG-TC-NEW", "vehicles_car", NOW, 4.0, 0)]
     assert result.unknown_devices == {"HG-TC-NEW"}
-    assert result.rejects == []
+    assert texts(result) == []
     status = decoder.decode("occ/v1/traffic/HG-TC-NEW/status", b"online", NOW)
     assert status.unknown_devices == {"HG-TC-NEW"}
     bad_kind = decoder.decode("occ/v1/radar/HG-R-1/telemetry", b'{"x": 4}', NOW)
@@ -515,7 +520,7 @@ def test_set_devices_refreshes_cached_topic_lookups(decoder: Decoder) -> None:
     decoder.set_devices({**DEVICES, "HG-NEW": Device("HG-NEW", "hydromet")})
     assert decoder.decode(topic, b'{"rain_mm": 1}', NOW).rows == [("HG-NEW", "rain_mm", NOW, 1.0, 0)]
     decoder.set_devices({"HG-NEW": Device("HG-NEW", "camera")})
-    assert decoder.decode(topic, b'{"rain_mm": 1}', NOW).rejects == [
+    assert texts(decoder.decode(topic, b'{"rain_mm": 1}', NOW)) == [
         "topic kind 'hydromet' does not match kind 'camera' registered for device HG-NEW"
     ]
 
@@ -523,8 +528,10 @@ def test_set_devices_refreshes_cached_topic_lookups(decoder: Decoder) -> None:
 def test_reject_list_is_bounded(decoder: Decoder) -> None:
     result = decode(decoder, [{"snow_cm": i} for i in range(1000)])
     assert len(result.rejects) == MAX_REJECT_REASONS
-    assert result.rejects[0] == "record 0: unknown metric 'snow_cm'"
-    assert result.rejects[-1] == f"… and {1000 - MAX_REJECT_REASONS + 1} more rejects"
+    assert result.rejects[0] == (RejectCode.UNKNOWN_METRIC, "record 0: unknown metric 'snow_cm'")
+    assert result.dropped_rejects == 1000 - MAX_REJECT_REASONS
+    assert result.reject_counts == {RejectCode.UNKNOWN_METRIC: 1000}  # every reject is counted, kept or not
+    assert result.reject_text().endswith(f"; … and {1000 - MAX_REJECT_REASONS} more rejects")
 
 
 def test_naive_or_local_receive_time_is_normalised_to_utc(decoder: Decoder) -> None:
@@ -536,7 +543,7 @@ def test_naive_or_local_receive_time_is_normalised_to_utc(decoder: Decoder) -> N
 
 def test_hostile_values_are_truncated_in_reasons(decoder: Decoder) -> None:
     result = decode(decoder, {"rain_mm": "x" * 10_000, "y" * 5000: 1})
-    assert all(len(reason) < 200 for reason in result.rejects)
+    assert all(len(reason) < 200 for reason in texts(result))
 
 
 def test_decode_never_raises_on_garbage(decoder: Decoder) -> None:
@@ -560,7 +567,7 @@ def test_decode_never_raises_on_garbage(decoder: Decoder) -> None:
     for payload in samples:
         for topic in topics:
             result = decoder.decode(topic, payload, NOW)
-            assert not any(r.startswith("internal decoder error") for r in result.rejects), (
+            assert RejectCode.DECODER_ERROR not in result.reject_counts, (
                 topic,
                 payload,
                 result,
@@ -578,7 +585,7 @@ STATUS = f"occ/v1/hydromet/{RG}/status"
 def test_status_plain_and_json(decoder: Decoder, payload: bytes) -> None:
     result = decoder.decode(STATUS, payload, NOW)
     assert result.status == StatusChange(RG, "offline", NOW)
-    assert result.rejects == [] and result.rows == []
+    assert texts(result) == [] and result.rows == []
 
 
 def test_status_with_timestamp(decoder: Decoder) -> None:
@@ -610,7 +617,7 @@ def test_empty_status_clears_a_retained_message_silently(decoder: Decoder) -> No
 )
 def test_status_rejects(decoder: Decoder, payload: bytes, reason: str) -> None:
     result = decoder.decode(STATUS, payload, NOW)
-    assert reason in result.rejects
+    assert reason in texts(result)
 
 
 # -- events ----------------------------------------------------------------------------------------
@@ -629,7 +636,7 @@ def test_single_event(decoder: Decoder) -> None:
             {"class": "truck", "bbox": [1, 2, 3, 4]},
         )
     ]
-    assert result.rejects == [] and result.rows == []
+    assert texts(result) == [] and result.rows == []
 
 
 def test_event_array_with_bad_items(decoder: Decoder) -> None:
@@ -646,7 +653,7 @@ def test_event_array_with_bad_items(decoder: Decoder) -> None:
         topic=EVENT,
     )
     assert result.events == [Event("HG-CAM-01", NOW, "tamper", {})]
-    assert result.rejects == [
+    assert texts(result) == [
         "event 1: missing 'type'",
         "event 2: type 'door open' is invalid (expected [A-Za-z0-9_.-]{1,64})",
         f"event 3: timestamp {NOW_EPOCH + 3600} is 3600 s in the future (device clock ahead?)",
@@ -665,3 +672,90 @@ def test_event_rejects(decoder: Decoder) -> None:
         only_reject(decoder.decode(EVENT, b'{"type": NaN}', NOW))
         == "non-finite number (NaN/Infinity) is not allowed"
     )
+
+
+# -- reject codes ----------------------------------------------------------------------------------
+
+EV_TOPIC = f"occ/v1/hydromet/{RG}/event"
+ST_TOPIC = f"occ/v1/hydromet/{RG}/status"
+CODE_CASES: list[tuple[str, bytes, RejectCode]] = [
+    (TOPIC, b"x" * 2_000_000, RejectCode.PAYLOAD_TOO_LARGE),
+    ("occ/v1/hydromet/telemetry", b"{}", RejectCode.BAD_TOPIC),
+    (f"occ/v1/hydromet/{RG}/config", b"{}", RejectCode.BAD_TOPIC),
+    ("occ/v1/hydromet/HG-GHOST/telemetry", b'{"rain_mm": 1}', RejectCode.UNKNOWN_DEVICE),
+    (GW_TOPIC, b'{"HG-GHOST": {"rain_mm": 1}}', RejectCode.UNKNOWN_DEVICE),
+    (GW_TOPIC, b'[{"bn": "HG-GHOST/", "n": "rain_mm", "v": 1}]', RejectCode.UNKNOWN_DEVICE),
+    (f"occ/v1/camera/{RG}/telemetry", b'{"rain_mm": 1}', RejectCode.KIND_MISMATCH),
+    (TOPIC, b'{"rain_mm": "\xff"}', RejectCode.NOT_UTF8),
+    (TOPIC, b" ", RejectCode.EMPTY_PAYLOAD),
+    (TOPIC, b"{", RejectCode.MALFORMED_JSON),
+    (TOPIC, b'{"rain_mm": NaN}', RejectCode.NON_FINITE),
+    (TOPIC, b"42", RejectCode.BAD_SHAPE),
+    (GW_TOPIC, b'{"HG-BQ-RG01": 3}', RejectCode.BAD_SHAPE),
+    (TOPIC, b'{"seq": 1, "values": {"rain_mm": 1}}', RejectCode.UNKNOWN_FIELD),
+    (ST_TOPIC, b'{"status": "online", "x": 1}', RejectCode.UNKNOWN_FIELD),
+    (TOPIC, b"[]", RejectCode.NO_READINGS),
+    (TOPIC, b'{"ts": "yesterday", "rain_mm": 1}', RejectCode.BAD_TIMESTAMP),
+    (TOPIC, b'[{"n": "rain_mm", "v": 1, "bt": 1e300}]', RejectCode.BAD_TIMESTAMP),
+    (TOPIC, b'{"ts": 1895741200, "rain_mm": 1}', RejectCode.TIME_IN_FUTURE),
+    (TOPIC, b'{"ts": 1000000000, "rain_mm": 1}', RejectCode.TIME_TOO_OLD),
+    (TOPIC, b'{"device_id": "HG-X", "rain_mm": 1}', RejectCode.DEVICE_MISMATCH),
+    (TOPIC, b'[{"n": "HG-X/rain_mm", "v": 1}]', RejectCode.DEVICE_MISMATCH),
+    (TOPIC, b'{"snow_cm": 1}', RejectCode.UNKNOWN_METRIC),
+    (TOPIC, b'{"fps": 1}', RejectCode.METRIC_NOT_ALLOWED),
+    (TOPIC, b'{"rain_mm": 1, "units": {"rain_mm": "inch"}}', RejectCode.BAD_UNIT),
+    (TOPIC, b'{"rain_mm": "1"}', RejectCode.BAD_VALUE),
+    (TOPIC, b'[{"n": "rain_mm", "vb": 1}]', RejectCode.BAD_VALUE),
+    (TOPIC, b'[{"n": "rain_mm", "vs": "wet"}]', RejectCode.BAD_SENML),
+    (TOPIC, b'[{"bn": 7, "n": "rain_mm", "v": 1}]', RejectCode.BAD_SENML),
+    (ST_TOPIC, b'"sleeping"', RejectCode.BAD_STATUS),
+    (EV_TOPIC, b'{"ts": 1795741200}', RejectCode.BAD_EVENT),
+    (EV_TOPIC, b'{"type": "a b"}', RejectCode.BAD_EVENT),
+]
+
+
+@pytest.mark.parametrize(("topic", "payload", "code"), CODE_CASES)
+def test_every_reject_carries_the_code_of_its_cause(
+    decoder: Decoder, topic: str, payload: bytes, code: RejectCode
+) -> None:
+    result = decoder.decode(topic, payload, NOW)
+    assert [r.code for r in result.rejects] == [code], result.rejects
+    assert result.reject_counts == {code: 1}
+
+
+def test_the_table_covers_every_code_the_decoder_emits() -> None:
+    emitted = {code for _, _, code in CODE_CASES}
+    assert emitted == set(RejectCode) - {RejectCode.DECODER_ERROR, RejectCode.STORE_REJECTED}
+
+
+def test_a_decoder_bug_is_a_coded_reject_not_an_exception(catalog: Catalog) -> None:
+    class Broken(Decoder):
+        def _record(self, *args: Any) -> None:
+            raise ZeroDivisionError("bug")
+
+    result = Broken(catalog, DEVICES).decode(TOPIC, b'{"rain_mm": 1}', NOW)
+    assert result.reject_counts == {RejectCode.DECODER_ERROR: 1}
+    assert texts(result) == ["internal decoder error: ZeroDivisionError: bug"]
+
+
+def test_partly_good_messages_count_each_reject_by_code(decoder: Decoder) -> None:
+    result = decode(decoder, [{"rain_mm": 1, "snow_cm": 2}, {"ts": "bad", "rain_mm": 1}, {"fps": 3}])
+    assert result.stored == 1
+    assert result.reject_counts == {
+        RejectCode.UNKNOWN_METRIC: 1, RejectCode.BAD_TIMESTAMP: 1, RejectCode.METRIC_NOT_ALLOWED: 1
+    }
+
+
+@pytest.mark.parametrize(
+    ("topic", "device"),
+    [
+        (TOPIC, RG),
+        (GW_TOPIC, "HG-GW-01"),
+        ("occ/v1/hydromet/HG-GHOST/config", "HG-GHOST"),
+        ("occ/v1/hydromet/bad id/telemetry", None),
+        ("other/hydromet/X/telemetry", None),
+        ("occ/v1/hydromet", None),
+    ],
+)
+def test_device_of_names_the_topic_device_for_dead_letters(decoder: Decoder, topic: str, device: str | None) -> None:
+    assert decoder.device_of(topic) == device
