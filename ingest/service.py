@@ -85,7 +85,8 @@ class IngestMetrics:
                                        "Rejected parts of messages (the message goes to dead letters), by code",
                                        ["code"])
         self.batches = r.counter("occ_ingest_batches_total", "Batches committed")
-        self.write_retries = r.counter("occ_ingest_write_retries_total", "Batch writes retried (database down)")
+        self.write_retries = r.counter("occ_ingest_write_retries_total",
+                                       "Batch writes retried (database down, deadlock, stale connection)")
         self.batch_size = r.histogram("occ_ingest_batch_messages", "Messages per committed batch",
                                       [1, 10, 100, 500, 1000, 2000, 5000, 10000])
         self.latency = r.histogram("occ_ingest_receive_to_commit_seconds",
@@ -165,6 +166,7 @@ class IngestService:
         self._last_registry_check = 0.0
         self._registry_version: tuple[int, datetime | None] = (0, None)
         self._registry_stale = False
+        self._store_retries_seen = 0
         self.metrics = IngestMetrics(self)
         self.started = asyncio.Event()
 
@@ -451,11 +453,17 @@ class IngestService:
             bus.resume_reading()
 
     async def _write(self, batch: DecodedBatch) -> WriteResult:
-        assert self.store is not None
-        return await self.store.write_batch(
-            batch.rows, events=batch.events, statuses=batch.statuses, dead_letters=batch.dead_letters,
-            unprovisioned=batch.unprovisioned or None, received_at=datetime.now(UTC),
-        )
+        store = self.store
+        assert store is not None
+        try:
+            return await store.write_batch(
+                batch.rows, events=batch.events, statuses=batch.statuses, dead_letters=batch.dead_letters,
+                unprovisioned=batch.unprovisioned or None, received_at=datetime.now(UTC),
+            )
+        finally:  # retries the store made inside write_batch (deadlock, stale connection) count too
+            if store.write_retries > self._store_retries_seen:
+                self.metrics.write_retries.inc(store.write_retries - self._store_retries_seen)
+                self._store_retries_seen = store.write_retries
 
     async def _write_isolated(self, batch: DecodedBatch) -> WriteResult:
         """Write message by message; one the database refuses goes to dead letters with the error as reason.
