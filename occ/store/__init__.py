@@ -7,6 +7,7 @@
 Connection failures raise occ.errors.StoreUnavailable (ConnectionLost when an open connection broke).
 """
 
+from occ.store.alerts import AlertEpisode, AlertNotFound, AlertStateError, AlertTransition, Incident, Silence
 from occ.store.connection import ConnectionLost
 from occ.store.history import parse_bucket
 from occ.store.migrator import MigrateResult, MigrationError, migrate
@@ -23,15 +24,21 @@ from occ.store.records import (
 from occ.store.store import Store
 
 __all__ = [
+    "AlertEpisode",
+    "AlertNotFound",
+    "AlertStateError",
+    "AlertTransition",
     "ConnectionLost",
     "DeadLetterRecord",
     "DeviceStatus",
     "HistoryPoint",
+    "Incident",
     "LatestValue",
     "MaintenanceReport",
     "MigrateResult",
     "MigrationError",
     "Mode",
+    "Silence",
     "Store",
     "StoredEvent",
     "WriteResult",

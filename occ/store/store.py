@@ -20,6 +20,7 @@ import asyncpg
 from occ.models import DeadLetter, Device, Event, ReadingRow, StatusChange
 from occ.store import history as hist
 from occ.store import maintenance, rollups
+from occ.store.alerts import AlertStoreMethods
 from occ.store.connection import ConnectionLost, create_pool, pooled, translate_errors
 from occ.store.migrator import MigrateResult, MigrationError
 from occ.store.migrator import migrate as run_migrations
@@ -101,7 +102,7 @@ def _require_aware(name: str, value: datetime) -> None:
         raise ValueError(f"{name} must be a timezone-aware datetime")
 
 
-class Store:
+class Store(AlertStoreMethods):
     """PostgreSQL/TimescaleDB storage for OCC. Create with `await Store.connect(url)`; one per process."""
 
     def __init__(
