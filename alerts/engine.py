@@ -1,0 +1,723 @@
+"""The alerts engine core: pure, no I/O, no clock of its own (issue 6 §9, ARCHITECTURE §5).
+
+Contract:
+
+    engine = Engine(rules, devices, late_after_s=900)
+    engine.restore(snapshot)                        # optional: state from the store after a restart
+    engine.tick(now)                                # the clock: timers, deadman, silences (epoch seconds)
+    engine.feed_reading(device, metric, ts, value)  # event time; also feed_rows / feed_status / feed_event
+    out = engine.take()                             # Output: transitions + incident changes, in order
+    state = engine.snapshot()                       # {key: bytes | None}: what changed since the last call
+
+* Never raises on input: unknown devices, metrics no rule uses, and duplicates are counted and skipped.
+* Idempotent per series: a reading at or before the newest timestamp already applied to its (device, metric)
+  is a duplicate (redelivery, device retry) and changes nothing. Backfill newer than that updates windows.
+* Event time decides every timestamp in a transition; `tick(now)` supplies processing time, which only runs
+  timers with no data (deadman, pending `for` with a silent device, holds, keep_firing_for) and decides
+  lateness: data older than `now - late_after_s` opens `late` episodes that are not announced.
+* `snapshot()` + `restore()` carry every pending timer, window, hysteresis level and open episode across a
+  restart; the adapter commits a snapshot together with the transitions it produced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from alerts.anomaly import ZScore
+from alerts.ladder import Ladder
+from alerts.lifecycle import Change, Instance, Snap
+from alerts.messages import render
+from alerts.model import ACTIVE, IncidentChange, Output, Transition, fmt_duration
+from alerts.rate import RateTracker
+from alerts.rules import LADDER_KINDS, Rule, RuleSet, bound
+from alerts.storm import Incidents, Muting, SilenceRule, Window, inhibited, windows_from_rules
+from alerts.windows import SeriesWindows
+from occ.models import Device
+
+_THRESHOLD, _ACCUM, _RATE, _ANOMALY = 0, 1, 2, 3
+_NEG_INF = float("-inf")
+
+
+class _Series:
+    """Per (device, metric): the newest timestamp applied and the shared rolling windows."""
+
+    __slots__ = ("handlers", "key", "last_ts", "windows")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.last_ts = _NEG_INF
+        self.windows: dict[float, SeriesWindows] = {}
+        self.handlers: list[tuple[int, Instance, Any, Any]] = []
+
+    def dump(self) -> dict[str, Any]:
+        return {"t": None if self.last_ts == _NEG_INF else self.last_ts,
+                "w": {str(res): w.dump() for res, w in self.windows.items()}}
+
+
+def _strip(rule: Rule) -> Rule:
+    return dataclasses.replace(rule, path="", line=None)
+
+
+class Engine:
+    def __init__(
+        self,
+        rules: RuleSet,
+        devices: Iterable[Device] = (),
+        *,
+        late_after_s: float = 900.0,
+        timezone: str = "Asia/Ho_Chi_Minh",
+        area_names: Mapping[str, str] | None = None,
+        units: Mapping[str, str] | None = None,
+        kind_intervals: Mapping[str, float] | None = None,
+        default_interval_s: float = 600.0,
+    ) -> None:
+        self.late_after_s = late_after_s
+        self.area_names = dict(area_names or {})
+        self.units = dict(units or {})
+        self.kind_intervals = dict(kind_intervals or {})
+        self.default_interval_s = default_interval_s
+        self.muting = Muting(timezone=timezone)
+        self.now: float | None = None
+        self.started: float | None = None
+        self._late_before = _NEG_INF
+        self._changes: list[Change] = []
+        self._incident_changes: list[IncidentChange] = []
+        self._instances: dict[str, Instance] = {}
+        self._by_device: dict[str, list[Instance]] = {}
+        self._live: set[Instance] = set()
+        self._series: dict[str, _Series] = {}
+        self._routes: dict[tuple[str, str], _Series | None] = {}
+        self._status_routes: dict[str, list[Instance]] = {}
+        self._event_routes: dict[tuple[str, str], list[Instance]] = {}
+        self._deadman: list[tuple[Instance, str, float]] = []
+        self._last_seen: dict[str, float] = {}
+        self._comp_members: dict[str, set[tuple[str, str]]] = {}
+        self._refs: dict[str, list[Rule]] = {}
+        self._per_rule: dict[str, int] = {}
+        self._dirty: set[str] = set()
+        self._stash: dict[str, dict[str, Any]] = {}
+        self.incidents = Incidents()
+        self._db_windows: list[Window] = []
+        self.stats = {"readings": 0, "duplicates": 0, "unknown_device": 0, "too_old": 0, "capped": 0}
+        self.devices: dict[str, Device] = {}
+        self.rules = RuleSet()
+        self._by_metric: dict[str, list[Rule]] = {}
+        self._status_rules: list[Rule] = []
+        self._event_rules: dict[str, list[Rule]] = {}
+        self.set_devices(devices, _rebind=False)
+        self.set_rules(rules)
+
+    # -- configuration -------------------------------------------------------------------------------------
+    def set_devices(self, devices: Iterable[Device], *, _rebind: bool = True) -> None:
+        self.devices = {d.id: d for d in devices}
+        if _rebind:
+            self._clear_routes()
+            self._bind_deadman()
+
+    def set_rules(self, rules: RuleSet) -> None:
+        """Swap the rule set. Instances of unchanged rules keep their state; instances of changed rules keep
+        their episode but re-bind; removed rules resolve their open episodes."""
+        old = self.rules.by_name()
+        new = rules.by_name()
+        self.rules = rules
+        for fp, inst in list(self._instances.items()):
+            rule = new.get(inst.rule.name)
+            if rule is None:
+                if inst.state in ACTIVE and not inst.rule.internal:
+                    from_state, sev = inst.state, inst.severity
+                    inst.state = "resolved"
+                    ts = self.now if self.now is not None else inst.last_ts
+                    inst._emit(from_state, sev, ts, "rule removed")
+                    inst._reset()
+                self._drop(fp)
+            elif _strip(rule) != _strip(old.get(rule.name, rule)):
+                inst.rule = rule
+                inst.sevs = tuple(lv.severity for lv in rule.levels)
+                if inst.idx >= len(rule.levels):
+                    inst.idx = len(rule.levels) - 1
+                inst.level_idx = min(inst.level_idx, len(rule.levels) - 1)
+            else:
+                inst.rule = rule
+        self._by_metric = {}
+        self._status_rules = []
+        self._event_rules = {}
+        self._refs = {}
+        for rule in rules.rules:
+            if rule.kind in ("threshold", "accumulation", "rate", "anomaly") and rule.metric:
+                self._by_metric.setdefault(rule.metric, []).append(rule)
+            elif rule.kind == "offline":
+                self._status_rules.append(rule)
+            elif rule.kind == "event" and rule.event:
+                self._event_rules.setdefault(rule.event, []).append(rule)
+            for ref in rule.of:
+                self._refs.setdefault(ref, []).append(rule)
+        self.muting.windows = windows_from_rules(rules.maintenance) + self._db_windows
+        self._clear_routes()
+        self._bind_deadman()
+
+    def set_silences(self, silences: list[SilenceRule]) -> None:
+        self.muting.silences = silences
+
+    def set_maintenance(self, windows: list[Window]) -> None:
+        """Maintenance windows from the database (operators), in addition to those in rule files."""
+        self._db_windows = list(windows)
+        self.muting.windows = windows_from_rules(self.rules.maintenance) + self._db_windows
+
+    def _clear_routes(self) -> None:
+        self._routes = {}
+        self._status_routes = {}
+        self._event_routes = {}
+        for series in self._series.values():
+            series.handlers = []
+
+    def _drop(self, fp: str) -> None:
+        inst = self._instances.pop(fp)
+        self._live.discard(inst)
+        self._per_rule[inst.rule.name] = self._per_rule.get(inst.rule.name, 1) - 1
+        if inst.device_id is not None:
+            group = self._by_device.get(inst.device_id)
+            if group and inst in group:
+                group.remove(inst)
+        self._dirty.add(inst.key)
+
+    # -- instances -----------------------------------------------------------------------------------------
+    def _instance(self, rule: Rule, device_id: str | None, area: str | None, fp: str | None = None) -> Instance | None:
+        fp = fp or (f"{rule.name}|{device_id}" if device_id is not None else f"{rule.name}|area:{area}")
+        inst = self._instances.get(fp)
+        if inst is not None:
+            return inst
+        count = self._per_rule.get(rule.name, 0)
+        if count >= rule.max_instances:
+            self.stats["capped"] += 1
+            return None
+        self._per_rule[rule.name] = count + 1
+        inst = Instance(rule, fp, device_id, area, self._changes)
+        device = self.devices.get(device_id) if device_id else None
+        if rule.kind in LADDER_KINDS and device is not None:
+            inst.ladder = self._ladder(rule, device)
+        if rule.kind == "rate":
+            inst.x = RateTracker(rule.window_s)
+        elif rule.kind == "anomaly":
+            inst.x = ZScore(rule.samples, rule.min_samples)
+        stashed = self._stash.pop(inst.key, None)
+        if stashed is not None:
+            inst.load(stashed)
+        self._instances[fp] = inst
+        if device_id is not None:
+            self._by_device.setdefault(device_id, []).append(inst)
+        self._track(inst)
+        return inst
+
+    @staticmethod
+    def _ladder(rule: Rule, device: Device) -> Ladder:
+        attrs = device.attributes
+        enter = [lv.enter.resolve(attrs) for lv in rule.levels]
+        exit_ = [lv.exit.resolve(attrs) if lv.exit is not None else None for lv in rule.levels]
+        return Ladder([e if e is not None else math.inf for e in enter], exit_, above=rule.direction == "above",
+                      strict=rule.strict)
+
+    def _track(self, inst: Instance) -> None:
+        if inst.state != "ok" or inst.hold_until is not None:
+            self._live.add(inst)
+        else:
+            self._live.discard(inst)
+
+    def _route(self, device_id: str, metric: str) -> _Series | None:
+        device = self.devices.get(device_id)
+        rules = self._by_metric.get(metric)
+        if device is None or not rules:
+            if device is None:
+                self.stats["unknown_device"] += 1
+            self._routes[(device_id, metric)] = None
+            return None
+        key = f"s:{device_id}|{metric}"
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series(key)
+            stashed = self._stash.pop(key, None)
+        else:
+            stashed = None
+        wanted: dict[float, set[float]] = {}
+        for rule in rules:
+            if rule.kind == "accumulation" and bound(rule, device):
+                wanted.setdefault(rule.resolution_s, set()).add(rule.window_s)
+        for res, spans in wanted.items():
+            existing = series.windows.get(res)
+            if existing is None or existing.spans != SeriesWindows(res, sorted(spans)).spans:
+                series.windows[res] = SeriesWindows(res, sorted(spans))
+        if stashed is not None:
+            if stashed.get("t") is not None:
+                series.last_ts = stashed["t"]
+            for res_text, data in stashed.get("w", {}).items():
+                win = series.windows.get(float(res_text))
+                if win is not None:
+                    win.load(data)
+        handlers: list[tuple[int, Instance, Any, Any]] = []
+        for rule in rules:
+            if not bound(rule, device):
+                continue
+            inst = self._instance(rule, device_id, device.area)
+            if inst is None:
+                continue
+            if inst.ladder is None and rule.kind in LADDER_KINDS:
+                inst.ladder = self._ladder(rule, device)
+            if rule.kind == "threshold":
+                handlers.append((_THRESHOLD, inst, inst.ladder, None))
+            elif rule.kind == "accumulation":
+                win = series.windows[rule.resolution_s]
+                handlers.append((_ACCUM, inst, inst.ladder, (win, win.index(rule.window_s))))
+            elif rule.kind == "rate":
+                handlers.append((_RATE, inst, inst.ladder, None))
+            else:
+                handlers.append((_ANOMALY, inst, rule.z, None))
+        series.handlers = handlers
+        self._routes[(device_id, metric)] = series if handlers else None
+        return series if handlers else None
+
+    def _bind_deadman(self) -> None:
+        self._deadman = []
+        for rule in self.rules.rules:
+            if rule.kind != "deadman":
+                continue
+            for device in self.devices.values():
+                if not rule.select.matches(device):
+                    continue
+                interval = rule.interval_s or device.report_interval_s or self.kind_intervals.get(
+                    device.kind, self.default_interval_s)
+                inst = self._instance(rule, device.id, device.area)
+                if inst is not None:
+                    self._deadman.append((inst, device.id, rule.after * interval))
+
+    # -- input ---------------------------------------------------------------------------------------------
+    def feed_rows(self, rows: Iterable[tuple[str, str, datetime, float, int]]) -> None:
+        """Readings as decoded by occ.codecs (ReadingRow tuples), sorted per series by event time first."""
+        feed = self.feed_reading
+        ordered = sorted(rows, key=lambda r: r[2])
+        for device_id, metric, ts, value, _quality in ordered:
+            feed(device_id, metric, ts.timestamp(), value)
+
+    def feed_reading(self, device_id: str, metric: str, ts: float, value: float) -> None:
+        self.stats["readings"] += 1
+        seen = self._last_seen.get(device_id)
+        if seen is None or ts > seen:
+            self._last_seen[device_id] = ts
+            self._dirty.add("d:" + device_id)
+        try:
+            series = self._routes[(device_id, metric)]
+        except KeyError:
+            series = self._route(device_id, metric)
+        if series is None:
+            return
+        if ts <= series.last_ts:
+            self.stats["duplicates"] += 1
+            return
+        series.last_ts = ts
+        dirty = self._dirty
+        dirty.add(series.key)
+        for win in series.windows.values():
+            if not win.add(ts, value):
+                self.stats["too_old"] += 1
+        late = ts < self._late_before
+        for kind, inst, ladder, extra in series.handlers:
+            if kind == _THRESHOLD:
+                v: float = value
+                idx = ladder.step(inst.idx, v)
+            elif kind == _ACCUM:
+                v = extra[0].total(extra[1])
+                idx = ladder.step(inst.idx, v)
+            elif kind == _RATE:
+                rate = inst.x.add(ts, value)
+                dirty.add(inst.key)
+                if rate is None:
+                    continue
+                v = rate
+                idx = ladder.step(inst.idx, v)
+            else:
+                z = inst.x.add(value)
+                dirty.add(inst.key)
+                v = value
+                idx = 0 if z is not None and abs(z) >= ladder else -1
+                inst.threshold = z
+            if idx < 0 and inst.idx < 0 and inst.state == "ok" and not inst.suppressed:
+                continue  # the common case: nothing to do
+            was = inst.active
+            inst.observe(ts, idx, v, ladder.enter[idx] if kind != _ANOMALY and idx >= 0 else inst.threshold,
+                         late)
+            dirty.add(inst.key)
+            self._track(inst)
+            if inst.active != was and inst.rule.name in self._refs:
+                self._composites(inst, ts, late)
+
+    def feed_status(self, device_id: str, status: str, ts: float) -> None:
+        insts = self._status_routes.get(device_id)
+        if insts is None:
+            device = self.devices.get(device_id)
+            insts = []
+            if device is not None:
+                for rule in self._status_rules:
+                    if rule.select.matches(device):
+                        inst = self._instance(rule, device_id, device.area)
+                        if inst is not None:
+                            insts.append(inst)
+            self._status_routes[device_id] = insts
+        late = ts < self._late_before
+        for inst in insts:
+            if ts <= inst.last_ts:
+                continue
+            was = inst.active
+            inst.observe(ts, 0 if status == "offline" else -1, None, None, late)
+            self._dirty.add(inst.key)
+            self._track(inst)
+            if inst.active != was and inst.rule.name in self._refs:
+                self._composites(inst, ts, late)
+
+    def feed_event(self, device_id: str, ts: float, event_type: str, data: Mapping[str, Any]) -> None:
+        rules = self._event_rules.get(event_type)
+        if not rules:
+            return
+        key = (device_id, event_type)
+        insts = self._event_routes.get(key)
+        if insts is None:
+            device = self.devices.get(device_id)
+            insts = []
+            if device is not None:
+                for rule in rules:
+                    if rule.select.matches(device):
+                        inst = self._instance(rule, device_id, device.area)
+                        if inst is not None:
+                            insts.append(inst)
+            self._event_routes[key] = insts
+        late = ts < self._late_before
+        confidence = data.get("confidence", 1.0)
+        if isinstance(confidence, bool) or not isinstance(confidence, int | float):
+            confidence = 0.0
+        for inst in insts:
+            rule = inst.rule
+            if confidence < rule.min_confidence:
+                continue
+            if any(data.get(k) not in values for k, values in rule.data):
+                continue
+            if ts < inst.last_ts:
+                continue
+            until = ts + rule.hold_s
+            if inst.hold_until is None or until > inst.hold_until:
+                inst.hold_until = until
+            was = inst.active
+            inst.observe(ts, 0, float(confidence), rule.min_confidence or None, late)
+            self._dirty.add(inst.key)
+            self._track(inst)
+            if inst.active != was and rule.name in self._refs:
+                self._composites(inst, ts, late)
+
+    def _composites(self, inst: Instance, ts: float, late: bool) -> None:
+        for comp in self._refs.get(inst.rule.name, ()):
+            if inst.device_id is None:
+                continue
+            device = self.devices.get(inst.device_id)
+            if device is None or not comp.select.matches(device):
+                continue
+            if comp.scope == "area":
+                if device.area is None:
+                    continue
+                scope_key = f"{comp.name}|area:{device.area}"
+                member = (inst.rule.name, inst.device_id)
+            else:
+                scope_key = f"{comp.name}|{inst.device_id}"
+                member = (inst.rule.name, inst.device_id)
+            members = self._comp_members.setdefault(scope_key, set())
+            if inst.active:
+                members.add(member)
+            else:
+                members.discard(member)
+            self._dirty.add("c:" + scope_key)
+            if comp.scope == "area":
+                count = len({d for _, d in members})
+                need = comp.require
+                target = self._instance(comp, None, device.area, scope_key)
+            else:
+                count = len(members)
+                need = comp.require or len(comp.of)
+                target = self._instance(comp, inst.device_id, device.area, scope_key)
+            if target is None:
+                continue
+            target.observe(max(ts, target.last_ts), 0 if count >= need else -1, float(count), float(need), late)
+            self._dirty.add(target.key)
+            self._track(target)
+
+    # -- clock ---------------------------------------------------------------------------------------------
+    def tick(self, now: float) -> Output:
+        """Advance processing time to `now`: run due timers, deadman checks and mute changes."""
+        if self.started is None:
+            self.started = now
+            self._dirty.add("m:engine")
+        if self.now is not None and now < self.now:
+            now = self.now
+        self.now = now
+        self._late_before = now - self.late_after_s
+        for inst in list(self._live):
+            if inst.hold_until is not None and now >= inst.hold_until:
+                until = inst.hold_until
+                inst.hold_until = None
+                was = inst.active
+                inst.observe(max(until, inst.last_ts), -1, None, None, False)
+                if inst.active != was and inst.rule.name in self._refs:
+                    self._composites(inst, until, False)
+            if inst.state != "ok":
+                inst.advance(now)
+            self._dirty.add(inst.key)
+            self._track(inst)
+        started = self.started
+        for inst, device_id, limit in self._deadman:
+            seen = self._last_seen.get(device_id)
+            silent_since = (seen if seen is not None else started)
+            silent = now - silent_since > limit
+            if silent and not inst.active:
+                if now < started + inst.rule.grace_s:
+                    continue
+                inst.observe(max(silent_since + limit, inst.last_ts), 0, limit, limit, False)
+            elif not silent and inst.active:
+                inst.observe(max(silent_since, inst.last_ts), -1, None, None, False)
+            elif inst.active:
+                inst.value = now - silent_since
+                if inst.state != "ok":
+                    inst.advance(now)
+            else:
+                continue
+            self._dirty.add(inst.key)
+            self._track(inst)
+        self._refresh_mutes(now)
+        return self.take()
+
+    def _refresh_mutes(self, now: float) -> None:
+        for inst in self._live:
+            if inst.state not in ACTIVE or inst.rule.internal:
+                continue
+            muted = self._mute(inst, self._labels(inst), now)
+            if muted != inst.muted:
+                inst.muted = muted
+                inst._emit(inst.state, inst.severity, now, f"muted: {muted}" if muted else "no longer muted")
+                self._dirty.add(inst.key)
+
+    # -- output --------------------------------------------------------------------------------------------
+    def _labels(self, inst: Instance, snap: Snap | None = None) -> dict[str, Any]:
+        rule = inst.rule
+        level_idx = snap[2] if snap else inst.level_idx
+        labels: dict[str, Any] = {
+            "rule": rule.name, "kind": rule.kind, "device_id": inst.device_id, "area": inst.area,
+            "level": rule.levels[level_idx].name if rule.levels else "",
+            "severity": snap[1] if snap else inst.severity,
+        }
+        if rule.metric:
+            labels["metric"] = rule.metric
+            unit = self.units.get(rule.metric)
+            if unit:
+                labels["unit"] = unit
+        for k, v in rule.labels:
+            labels[k] = v
+        return labels
+
+    def _mute(self, inst: Instance, labels: dict[str, Any], now: float) -> str | None:
+        if self.rules.inhibit and inst.device_id is not None:
+            sources = [self._labels(o) for o in self._by_device.get(inst.device_id, ())
+                       if o is not inst and o.state in ACTIVE]
+            if sources and inhibited(self.rules.inhibit, labels, sources):
+                return "inhibited"
+        reason = self.muting.reason(labels, now)
+        if reason:
+            return reason
+        return "flapping" if inst.flapping else None
+
+    def take(self) -> Output:
+        """Transitions and incident changes since the last call, in the order they happened."""
+        out = Output()
+        changes, self._changes[:] = list(self._changes), []
+        now = self.now if self.now is not None else 0.0
+        inhibit_devices: set[str] = set()
+        for inst, from_state, from_sev, ts, reason, snap in changes:
+            rule = inst.rule
+            if rule.internal:
+                continue
+            state = snap[0]
+            labels = self._labels(inst, snap)
+            if not reason.startswith(("muted:", "no longer muted")):
+                inst.muted = self._mute(inst, labels, max(ts, now))
+            out.transitions.append(self._transition(inst, labels, from_state, from_sev, snap, ts, reason))
+            if self.rules.inhibit and inst.device_id is not None:
+                inhibit_devices.add(inst.device_id)
+            if rule.group is not None:
+                joined = state in ("firing", "recovering")
+                if (joined and from_state in ("ok", "pending")) or state == "resolved" or joined:
+                    if state == "resolved" and from_state == "pending":
+                        continue
+                    key = f"{rule.name}|{inst.area or '_none'}"
+                    change = self.incidents.update(
+                        key, rule.name, inst.area, rule.group, inst.fingerprint, joined,
+                        out.transitions[-1].severity, ts, self.area_names.get(inst.area or "", inst.area or ""))
+                    if change is not None:
+                        out.incidents.append(change)
+                        self._dirty.add("g:incidents")
+        # An inhibition source that opened or closed changes the mute of its targets.
+        for device_id in inhibit_devices:
+            for inst in self._by_device.get(device_id, ()):
+                if inst.state not in ACTIVE or inst.rule.internal:
+                    continue
+                labels = self._labels(inst)
+                muted = self._mute(inst, labels, now)
+                if muted != inst.muted:
+                    inst.muted = muted
+                    reason = f"muted: {muted}" if muted else "no longer muted"
+                    current: Snap = (inst.state, inst.severity, inst.level_idx, inst.value, inst.threshold,
+                                     inst.late, inst.started, inst.fired, inst.peak, inst.flapping)
+                    out.transitions.append(self._transition(inst, labels, inst.state, inst.severity, current,
+                                                            max(now, inst.last_ts), reason))
+                    self._dirty.add(inst.key)
+        return out
+
+    def _transition(self, inst: Instance, labels: dict[str, Any], from_state: str, from_sev: int, snap: Snap,
+                    ts: float, reason: str) -> Transition:
+        rule = inst.rule
+        state, sev_now, level_idx, value, threshold, late, started, fired, peak, flapping = snap
+        device = self.devices.get(inst.device_id) if inst.device_id else None
+        level = rule.levels[level_idx] if rule.levels else None
+        if inst.ladder is not None and level is not None and rule.kind in LADDER_KINDS:
+            threshold = inst.ladder.enter[level_idx]
+        context: dict[str, Any] = {
+            "name": device.name if device and device.name else (inst.device_id or ""),
+            "device_id": inst.device_id or "", "area": inst.area or "",
+            "area_name": self.area_names.get(inst.area or "", inst.area or ""),
+            "level": level.name if level else "", "value": value, "threshold": threshold,
+            "excess": abs(value - threshold) if value is not None and threshold is not None else None,
+            "unit": labels.get("unit", ""), "window": fmt_duration(rule.window_s) if rule.window_s else "",
+            "rule": rule.name, "count": int(value) if value is not None and rule.kind == "composite" else 0,
+            "need": int(threshold) if threshold is not None and rule.kind == "composite" else 0,
+            "metric": rule.metric or "", "z": threshold if rule.kind == "anomaly" else None,
+            "event": rule.event or "", "confidence": value if rule.kind == "event" else None,
+            "silent_for": fmt_duration(value) if rule.kind == "deadman" and value else "",
+            "_attrs": device.attributes if device else {},
+        }
+        severity = max(1, sev_now or from_sev or (level.severity if level else 1))
+        announce = (
+            state == "firing" and not late and inst.muted is None and rule.group is None and (
+                from_state in ("ok", "pending") or severity > from_sev or reason == "confirmed by live data")
+        )
+        return Transition(
+            fingerprint=inst.fingerprint, rule=rule.name, kind=rule.kind, device_id=inst.device_id, area=inst.area,
+            labels={k: v for k, v in labels.items() if k not in ("rule", "kind", "device_id", "area", "level",
+                                                               "severity")},
+            from_state=from_state,  # type: ignore[arg-type]
+            state=state,  # type: ignore[arg-type]
+            from_severity=from_sev or None, severity=severity, peak_severity=max(peak, severity),
+            level=level.name if level else "", value=value, threshold=threshold,
+            message_vi=render(rule.message_vi, context, vietnamese=True),
+            message_en=render(rule.message_en, context, vietnamese=False),
+            started_at=started, fired_at=fired, ts=ts, late=late, muted=inst.muted,
+            flapping=flapping, reason=reason,
+            group_key=f"{rule.name}|{inst.area or '_none'}" if rule.group else None, announce=announce,
+            device_name=device.name if device else "",
+        )
+
+    # -- operators -----------------------------------------------------------------------------------------
+    def operator_resolved(self, fingerprint: str) -> None:
+        inst = self._instances.get(fingerprint)
+        if inst is not None:
+            inst.operator_resolved()
+            self._dirty.add(inst.key)
+            self._track(inst)
+
+    def open_fingerprints(self) -> set[str]:
+        return {fp for fp, inst in self._instances.items() if inst.state in ACTIVE and not inst.rule.internal}
+
+    # -- snapshot ------------------------------------------------------------------------------------------
+    def snapshot(self, *, full: bool = False) -> dict[str, bytes | None]:
+        keys = set(self._dirty)
+        if full:
+            keys |= {i.key for i in self._instances.values()} | {s.key for s in self._series.values()}
+            keys |= {"d:" + d for d in self._last_seen} | {"g:incidents", "m:engine"}
+            keys |= {"c:" + k for k in self._comp_members}
+        self._dirty.clear()
+        out: dict[str, bytes | None] = {}
+        for key in keys:
+            out[key] = self._dump(key)
+        return out
+
+    def _dump(self, key: str) -> bytes | None:
+        kind, _, rest = key.partition(":")
+        if kind == "i":
+            inst = self._instances.get(rest)
+            if inst is None:
+                return None
+            if inst.state == "ok" and not inst.active and inst.x is None and not inst.suppressed \
+                    and inst.hold_until is None:
+                return None  # nothing worth keeping: a fresh instance is identical
+            return orjson.dumps(inst.dump())
+        if kind == "s":
+            series = self._series.get(rest)
+            return orjson.dumps(series.dump()) if series is not None else None
+        if kind == "d":
+            seen = self._last_seen.get(rest)
+            return orjson.dumps(seen) if seen is not None else None
+        if kind == "c":
+            members = self._comp_members.get(rest)
+            return orjson.dumps(sorted(members)) if members else None
+        if kind == "g":
+            return orjson.dumps(self.incidents.dump())
+        if kind == "m":
+            return orjson.dumps({"started": self.started})
+        return None
+
+    def restore(self, state: Mapping[str, bytes]) -> None:
+        """Load a snapshot (before the first tick). Open episodes and timers are re-created at once, so they
+        run on the clock even if their device never sends again."""
+        for key, raw in state.items():
+            data = orjson.loads(raw)
+            kind, _, rest = key.partition(":")
+            if kind == "d":
+                self._last_seen[rest] = float(data)
+            elif kind == "c":
+                self._comp_members[rest] = {(a, b) for a, b in data}
+            elif kind == "g":
+                self.incidents.load(data)
+            elif kind == "s":
+                self._stash[key] = data
+            elif kind == "i":
+                self._stash[key] = data
+        by_name = self.rules.by_name()
+        for key in [k for k in self._stash if k.startswith("i:")]:
+            data = self._stash[key]
+            fp = key[2:]
+            rule_name, _, target = fp.partition("|")
+            rule = by_name.get(rule_name)
+            if rule is None:
+                self._stash.pop(key)
+                continue
+            existing = self._instances.get(fp)
+            if existing is not None:
+                existing.load(self._stash.pop(key))
+                self._track(existing)
+                continue
+            if target.startswith("area:"):
+                self._instance(rule, None, target[5:], fp)
+            else:
+                device = self.devices.get(target)
+                if device is None:
+                    self._stash.pop(key)
+                    continue
+                if rule.kind in ("threshold", "accumulation", "rate", "anomaly") and rule.metric:
+                    self._route(target, rule.metric)
+                else:
+                    self._instance(rule, target, device.area, fp)
+        # Series whose rules exist are re-created on their next reading (lazily) from the stash.
+
+    def state_size(self) -> tuple[int, int]:
+        """(bytes of a full snapshot, number of (rule, device) instances): the benchmark's memory figure."""
+        snap = self.snapshot(full=True)
+        size = sum(len(k) + len(v) for k, v in snap.items() if v is not None)
+        # A snapshot taken for measuring must not stop the next incremental one from writing these keys.
+        self._dirty |= set(snap)
+        return size, len(self._instances)
