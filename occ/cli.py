@@ -1,5 +1,5 @@
-"""`occ` command line: `occ up`, `occ ingest`, `occ db migrate|status`, `occ devices import|list`,
-`occ simulate`.
+"""`occ` command line: `occ up`, `occ ingest`, `occ alerts [ack|resolve|list]`, `occ rules validate|list`,
+`occ db migrate|status`, `occ devices import|list`, `occ simulate`.
 
 Global flags come before the command: `--config FILE` (repeatable), `--set section.key=value` (repeatable),
 `--database-url`, `--mqtt-url`, `--log-level`. Commands that need the database or broker and have none
@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--kind")
     lst.add_argument("--area")
     lst.add_argument("--format", choices=("table", "yaml", "json"), default="table")
+
+    from alerts.cli import register as register_alerts
+
+    register_alerts(sub)
 
     sim = sub.add_parser("simulate", help="device simulators (see `occ simulate --help`)", add_help=False)
     sim.add_argument("args", nargs=argparse.REMAINDER)
@@ -255,6 +259,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_db_command(config, args))
         if args.command == "devices":
             return asyncio.run(_devices_command(config, args))
+        if args.command in ("alerts", "rules"):
+            from alerts.cli import main as alerts_main
+
+            return alerts_main(config, args)
     except AlreadyRunning as exc:
         print(f"occ: {exc}", file=sys.stderr)
         return 3

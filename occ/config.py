@@ -77,6 +77,30 @@ class IngestConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AlertsConfig:
+    client_id: str = "occ-alerts"
+    """Its own persistent MQTT session (never the ingest share group): every message reaches the engine."""
+    rules_dir: str = ""
+    """Rule files (*.yaml); empty means <config_dir>/rules."""
+    late_after_s: float = 900.0
+    """Data older than this (processing time) opens `late` episodes: stored and shown, not announced as new."""
+    tick_ms: int = 1000
+    """Clock tick: timers, deadman, silences, the outbox of operator actions."""
+    linger_ms: int = 20
+    batch_max: int = 2000
+    max_unacked: int = 20_000
+    http_host: str = "127.0.0.1"
+    http_port: int = 9102
+    retry_max_s: float = 30.0
+    clock_start: str = ""
+    """Time control for demos and scenario tests: the engine's clock starts at this ISO time ..."""
+    clock_anchor: float = 0.0
+    """... at this wall-clock epoch second (0: when the service starts) ..."""
+    clock_speed: float = 1.0
+    """... and runs this many times faster than the wall clock (follow `occ simulate --speed`)."""
+
+
+@dataclass(frozen=True, slots=True)
 class SiteConfig:
     name: str = "Hà Giang IOC"
     timezone: str = "Asia/Ho_Chi_Minh"
@@ -88,6 +112,7 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     site: SiteConfig = field(default_factory=SiteConfig)
     log_level: str = "INFO"
     var_dir: str = "var"
