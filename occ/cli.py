@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_alerts(sub)
 
+    from web.cli import add_parsers as add_web_parsers
+
+    add_web_parsers(sub)  # `occ web`, `occ users …`
+
     sim = sub.add_parser("simulate", help="device simulators (see `occ simulate --help`)", add_help=False)
     sim.add_argument("args", nargs=argparse.REMAINDER)
     return parser
@@ -263,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from alerts.cli import main as alerts_main
 
             return alerts_main(config, args)
+        if hasattr(args, "handler"):
+            return int(args.handler(config, args))
     except AlreadyRunning as exc:
         print(f"occ: {exc}", file=sys.stderr)
         return 3

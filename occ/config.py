@@ -101,6 +101,38 @@ class AlertsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    """`occ up` picks a free port instead when this one is taken."""
+    allowed_origins: str = ""
+    """Comma-separated extra origins allowed to open the websocket and write (the server's own is always)."""
+    cookie_secure: bool = False
+    """Mark the session cookie Secure (set true behind HTTPS)."""
+    session_hours: float = 12.0
+    """Idle lifetime of a login session; each use slides it forward."""
+    kiosk_days: int = 365
+    login_max_failures: int = 5
+    """Failed logins per client address and per user name within login_window_s before logins are refused."""
+    login_window_s: int = 300
+    tile_url: str = ""
+    """Map tile URL template ({z}/{x}/{y}); empty: draw the area outlines from config/ on a plain background."""
+    tile_attribution: str = ""
+    client_id: str = "occ-web"
+    reading_interval_s: float = 1.0
+    """Live feed: at most one reading update per device per this many seconds (newer values coalesce)."""
+    flush_ms: int = 100
+    """Live feed: readings are sent to clients in batches at this interval (alert changes go at once)."""
+    heartbeat_s: float = 15.0
+    client_max_pending: int = 2000
+    """Status/alert changes queued for one slow client before it gets a fresh snapshot instead."""
+    client_max_lag_s: float = 30.0
+    """A client whose queued changes wait longer than this is closed (it cannot keep up)."""
+    history: int = 20000
+    """Changes kept for resume after a reconnect."""
+
+
+@dataclass(frozen=True, slots=True)
 class SiteConfig:
     name: str = "Hà Giang IOC"
     timezone: str = "Asia/Ho_Chi_Minh"
@@ -114,6 +146,7 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     site: SiteConfig = field(default_factory=SiteConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     log_level: str = "INFO"
     var_dir: str = "var"
     config_dir: str = "config"

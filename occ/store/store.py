@@ -34,6 +34,7 @@ from occ.store.records import (
     StoredEvent,
     WriteResult,
 )
+from occ.store.users import UserStore
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,8 @@ class Store(AlertStoreMethods):
         self.write_retries = 0
         """Times `write_batch` retried inside the store (deadlock, serialization failure, a stale pooled
         connection); ingest exports it in `occ_ingest_write_retries_total`."""
+        self.users = UserStore(self._connection)
+        """Web console users and tokens (occ/store/users.py)."""
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 

@@ -1,0 +1,377 @@
+"""The live gateway: its own MQTT session feeds the hub (web/feed.py), and every websocket client gets a
+`FeedSession` and a writer task of its own, so a slow screen only ever waits for itself.
+
+The gateway loads the current state from the store once at start-up and then follows the bus: telemetry
+(QoS 0 — display only), device status (QoS 1) and alert changes (QoS 1). It never polls the database for
+changes; it reads the registry again only when a device it does not know shows up (rate-limited).
+
+Fan-out: MQTT messages are decoded and applied to the hub as they arrive; the resulting deltas are handed to
+the sessions in batches — at once when an alert or status changed, else every `flush_ms` — and each writer
+task sends whatever its session has accumulated. A writer blocked on a slow socket leaves its session to
+coalesce (and eventually to ask for a snapshot, or to be closed); nobody else waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import paho.mqtt.client as paho
+from aiohttp import WSMsgType, web
+
+from occ.bus import Delivery, MqttClient
+from occ.codecs import Decoder
+from occ.metrics import Registry
+from occ.store import Store
+from web.errors import api_error
+from web.feed import CLOSE_GOING_AWAY, Delta, DeviceInfo, FeedSession, Hub
+from web.security import PRINCIPAL, access, origin_allowed
+
+log = logging.getLogger(__name__)
+
+MAX_CLIENT_MESSAGE = 4096
+UNKNOWN_REFRESH_S = 10.0
+SEND_TIMEOUT_S = 30.0
+
+
+def device_info(d: Any) -> DeviceInfo:
+    return DeviceInfo(d.id, d.kind, d.name, d.area, d.lat, d.lon, d.attributes)
+
+
+class LiveClient:
+    """One websocket: its session, a wake-up event and the writer task that drains the session."""
+
+    __slots__ = ("__weakref__", "principal", "session", "task", "wake", "ws")
+
+    def __init__(self, ws: web.WebSocketResponse, session: FeedSession, principal: str) -> None:
+        self.ws = ws
+        self.session = session
+        self.principal = principal
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+
+class LiveGateway:
+    def __init__(
+        self,
+        *,
+        store: Store | None,
+        decoder: Decoder,
+        mqtt_url: str | None,
+        client_id: str = "occ-web",
+        topic_prefix: str = "occ/v1",
+        reading_interval_s: float = 1.0,
+        flush_ms: int = 100,
+        heartbeat_s: float = 15.0,
+        max_pending: int = 2000,
+        max_lag_s: float = 30.0,
+        history: int = 20_000,
+        registry: Registry | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.decoder = decoder
+        self.mqtt_url = mqtt_url
+        self.client_id = client_id
+        self.prefix = topic_prefix.rstrip("/")
+        self.hub = Hub(reading_interval_s=reading_interval_s, history=history)
+        self.flush_s = flush_ms / 1000
+        self.heartbeat_s = heartbeat_s
+        self.max_pending = max_pending
+        self.max_lag_s = max_lag_s
+        self.clock = clock
+        self.clients: weakref.WeakSet[LiveClient] = weakref.WeakSet()
+        self.bus: MqttClient | None = None
+        self._pending: list[Delta] = []
+        self._urgent = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._last_refresh = -UNKNOWN_REFRESH_S
+        self._refreshing = False
+        self._alert_seq: dict[str, int] = {}
+        registry = registry or Registry()
+        self.failure: BaseException | None = None
+        self.m_messages = registry.counter("occ_web_mqtt_messages_total", "MQTT messages by channel", ("channel",))
+        self.m_bad = registry.counter("occ_web_mqtt_rejected_total", "MQTT messages the gateway could not use")
+        self.m_frames = registry.counter("occ_web_ws_frames_total", "Frames sent to websocket clients")
+        self.m_closed = registry.counter("occ_web_ws_closed_total", "Websocket clients closed by the server",
+                                         ("reason",))
+        registry.gauge("occ_web_ws_clients", "Connected websocket clients", fn=lambda: float(len(self.clients)))
+        registry.gauge("occ_web_feed_seq", "Live feed sequence number", fn=lambda: float(self.hub.seq))
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self.store is not None:
+            await self.load()
+        self._task = asyncio.create_task(self._dispatcher(), name="live-dispatch")
+        self._task.add_done_callback(self._dispatcher_done)
+        if self.mqtt_url:
+            suffix = f"{int(time.time() * 1000) % 10**8}"
+            self.bus = MqttClient(self.mqtt_url, client_id=f"{self.client_id}-{suffix}", on_message=self._on_message,
+                                  clean_start=True, session_expiry_s=0)
+            self.bus.subscribe(f"{self.prefix}/+/+/telemetry", qos=0)
+            self.bus.subscribe(f"{self.prefix}/+/+/status", qos=1)
+            self.bus.subscribe(f"{self.prefix}/_sys/alerts/#", qos=1)
+            await self.bus.start(wait=False)
+
+    async def stop(self) -> None:
+        for client in list(self.clients):
+            await self._close(client, CLOSE_GOING_AWAY, "server shutting down")
+        if self.bus is not None:
+            await self.bus.close()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def load(self) -> None:
+        """The state at start-up: registry, latest values, statuses and open alerts (once)."""
+        assert self.store is not None
+        devices = await self.store.list_devices()
+        self.hub.set_devices(device_info(d) for d in devices)
+        self.decoder.set_devices({d.id: d for d in devices})
+        self.hub.load_latest((r.device_id, r.metric, r.ts.timestamp(), r.value) for r in await self.store.latest())
+        self.hub.load_status((s.device_id, s.status, s.since.timestamp()) for s in await self.store.device_status())
+        open_alerts = getattr(self.store, "open_alerts", None)
+        if open_alerts is not None:
+            self.hub.load_alerts(a.to_json() for a in await open_alerts())
+
+    def _dispatcher_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.failure = task.exception()
+            log.error("live dispatcher failed: %r (health now fails)", self.failure)
+
+    @property
+    def healthy(self) -> bool:
+        return self.failure is None and (self._task is None or not self._task.done())
+
+    @property
+    def connected(self) -> bool:
+        return self.bus is None or self.bus.connected.is_set()
+
+    # -- MQTT ----------------------------------------------------------------------------------------
+    def _on_message(self, message: paho.MQTTMessage, delivery: Delivery) -> None:
+        topic = message.topic
+        payload = bytes(message.payload)
+        now = self.clock()
+        try:
+            if topic.startswith(self.prefix + "/_sys/"):
+                self.m_messages.inc(1, "alert")
+                deltas = self._alert(payload)
+                urgent = True
+            else:
+                decoded = self.decoder.decode(topic, payload, datetime.now(UTC))
+                deltas = []
+                urgent = False
+                if decoded.status is not None:
+                    self.m_messages.inc(1, "status")
+                    s = decoded.status
+                    deltas += self.hub.status(s.device_id, s.status, s.ts.timestamp())
+                    urgent = bool(deltas)
+                if decoded.rows:
+                    self.m_messages.inc(1, "telemetry")
+                    deltas += self._readings(decoded.rows, now)
+                if decoded.rejects and not decoded.rows and decoded.status is None:
+                    self.m_bad.inc()
+                    if self._unknown_device(topic):
+                        self._refresh_registry()
+        except Exception:  # one bad message must never stop the feed
+            self.m_bad.inc()
+            log.exception("live gateway could not apply a message on %s", topic)
+            return
+        if deltas:
+            self._pending.extend(deltas)
+            if urgent:
+                self._urgent.set()
+
+    def _readings(self, rows: Sequence[tuple[str, str, datetime, float, int]], now: float) -> list[Delta]:
+        by_device: dict[tuple[str, float], dict[str, float]] = {}
+        for device_id, metric, when, value, _quality in rows:
+            by_device.setdefault((device_id, when.timestamp()), {})[metric] = value
+        deltas: list[Delta] = []
+        for (device_id, epoch), values in sorted(by_device.items(), key=lambda kv: kv[0][1]):
+            deltas += self.hub.reading(device_id, epoch, values, now)
+        return deltas
+
+    def _alert(self, payload: bytes) -> list[Delta]:
+        try:
+            alert = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            self.m_bad.inc()
+            return []
+        if not isinstance(alert, dict) or "id" not in alert:
+            self.m_bad.inc()
+            return []
+        key = str(alert["id"])
+        seq = alert.get("seq")
+        if isinstance(seq, int):  # delivery is at least once: drop what we already applied
+            if seq <= self._alert_seq.get(key, -1):
+                return []
+            self._alert_seq[key] = seq
+            if len(self._alert_seq) > 100_000:
+                self._alert_seq.clear()
+        return self.hub.alert(alert)
+
+    def _unknown_device(self, topic: str) -> bool:
+        parts = topic.split("/")
+        return len(parts) >= 4 and parts[-2] not in self.hub.devices and parts[-3] != "gateway"
+
+    def _refresh_registry(self) -> None:
+        now = self.clock()
+        if self.store is None or self._refreshing or now - self._last_refresh < UNKNOWN_REFRESH_S:
+            return
+        self._last_refresh = now
+        self._refreshing = True
+        task = asyncio.get_running_loop().create_task(self._reload_devices())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # errors are logged inside
+
+    async def _reload_devices(self) -> None:
+        assert self.store is not None
+        try:
+            devices = await self.store.list_devices()
+            self.hub.set_devices(device_info(d) for d in devices)
+            self.decoder.set_devices({d.id: d for d in devices})
+        except Exception as exc:
+            log.warning("could not reload the device registry: %s", exc)
+        finally:
+            self._refreshing = False
+
+    # -- fan-out -------------------------------------------------------------------------------------
+    async def _dispatcher(self) -> None:
+        next_flush = self.clock() + self.flush_s
+        while True:
+            timeout = max(0.0, next_flush - self.clock())
+            try:
+                await asyncio.wait_for(self._urgent.wait(), timeout)
+            except TimeoutError:
+                pass
+            self._urgent.clear()
+            now = self.clock()
+            if now >= next_flush:
+                self._pending.extend(self.hub.tick(now))
+                next_flush = now + self.flush_s
+                self._tick_clients(now)
+            self.dispatch(now)
+
+    def dispatch(self, now: float) -> None:
+        """Hand the accumulated deltas to every session and wake the writers that have something to send."""
+        deltas, self._pending = self._pending, []
+        for client in list(self.clients):
+            session = client.session
+            if deltas:
+                session.offer(deltas, now)
+            if session.closed is not None:
+                self._schedule_close(client)
+            elif session.wants_send:
+                client.wake.set()
+
+    def _tick_clients(self, now: float) -> None:
+        epoch = time.time()
+        for client in list(self.clients):
+            client.session.tick(now, epoch)
+            if client.session.closed is not None:
+                self._schedule_close(client)
+            elif client.session.wants_send:
+                client.wake.set()
+
+    def _schedule_close(self, client: LiveClient) -> None:
+        if client in self.clients:
+            self.clients.discard(client)
+            closed = client.session.closed
+            assert closed is not None
+            task = asyncio.get_running_loop().create_task(self._close(client, closed.code, closed.reason))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _close(self, client: LiveClient, code: int, reason: str) -> None:
+        self.clients.discard(client)
+        self.m_closed.inc(1, reason.split(":")[0][:40])
+        if code != CLOSE_GOING_AWAY:
+            log.info("closing websocket client", extra={"fields": {"user": client.principal, "code": code,
+                                                                   "reason": reason}})
+        if client.task is not None and client.task is not asyncio.current_task():
+            client.task.cancel()
+        try:
+            await asyncio.wait_for(client.ws.close(code=code, message=reason.encode()[:120]), 2.0)
+        except (TimeoutError, ConnectionError, RuntimeError):
+            transport = client.ws._req.transport if client.ws._req is not None else None
+            if transport is not None:
+                transport.abort()
+
+    async def _writer(self, client: LiveClient) -> None:
+        session = client.session
+        ws = client.ws
+        try:
+            while True:
+                await client.wake.wait()
+                client.wake.clear()
+                frames = session.take(self.clock(), time.time())
+                for frame in frames:
+                    await asyncio.wait_for(ws.send_frame(frame, WSMsgType.TEXT), SEND_TIMEOUT_S)
+                    self.m_frames.inc()
+                if session.closed is not None:
+                    self._schedule_close(client)
+                    return
+        except (ConnectionError, TimeoutError, RuntimeError) as exc:
+            # The socket is gone or stuck: drop the connection; the reader loop ends and cleans up.
+            log.debug("websocket send failed for %s: %r", client.principal, exc)
+            self.clients.discard(client)
+            transport = ws._req.transport if ws._req is not None else None
+            if transport is not None:
+                transport.abort()
+
+    # -- websocket endpoint --------------------------------------------------------------------------
+    async def websocket(self, request: web.Request, allowed_origins: frozenset[str]) -> web.StreamResponse:
+        if not origin_allowed(request, allowed_origins):
+            raise api_error(403, "origin", "websocket from a foreign origin")
+        ws = web.WebSocketResponse(max_msg_size=MAX_CLIENT_MESSAGE * 4, compress=False, heartbeat=30.0)
+        await ws.prepare(request)
+        principal = request[PRINCIPAL]
+        session = FeedSession(self.hub, now=self.clock(), max_message_bytes=MAX_CLIENT_MESSAGE,
+                              max_pending=self.max_pending, max_lag_s=self.max_lag_s, heartbeat_s=self.heartbeat_s)
+        client = LiveClient(ws, session, principal.name)
+        client.task = asyncio.create_task(self._writer(client), name=f"ws-writer:{principal.name}")
+        self.clients.add(client)
+        await ws.send_frame(orjson.dumps({"type": "hello", "user": principal.name, "role": principal.role,
+                                          "stream": self.hub.stream, "seq": self.hub.seq}), WSMsgType.TEXT)
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    session.receive(msg.data, self.clock())
+                elif msg.type == WSMsgType.BINARY:
+                    session.receive(msg.data, self.clock())
+                else:
+                    break
+                if session.closed is not None:
+                    self._schedule_close(client)
+                    break
+                if session.wants_send:
+                    client.wake.set()
+        finally:
+            self.clients.discard(client)
+            if client.task is not None and not client.task.done():
+                client.task.cancel()
+                try:
+                    await client.task
+                except (asyncio.CancelledError, Exception):
+                    pass
+            if not ws.closed and session.closed is None:
+                await ws.close()
+        return ws
+
+
+@access("viewer")
+async def websocket(request: web.Request) -> web.StreamResponse:
+    from web.api import CONTEXT
+
+    gateway: LiveGateway = request.app[GATEWAY]
+    return await gateway.websocket(request, request.app[CONTEXT].allowed_origins)
+
+
+GATEWAY: web.AppKey[LiveGateway] = web.AppKey("occ_live_gateway", LiveGateway)
