@@ -128,6 +128,13 @@ class Supervisor:
             child_env = {**env, "OCC_INGEST__CLIENT_ID": f"occ-ingest-{i}", "OCC_INGEST__HTTP_PORT": str(port)}
             self.children.append(Child(f"ingest-{i}", occ + ["ingest"], child_env))
         self.endpoints["ingest_metrics"] = [f"http://127.0.0.1:{p}/metrics" for p in ingest_ports]
+        web_port = _port_or_free(self.config.web.host, self.config.web.port)
+        self.children.append(Child("web", occ + ["web", "--port", str(web_port)], env))
+        self.endpoints["web_url"] = f"http://{self.config.web.host}:{web_port}/"
+        if self.demo:
+            password_file = self.var / "demo-admin-password"
+            self._run_once(occ + ["users", "demo-admin", str(password_file)], env)
+            self.endpoints["web_login"] = f"admin / password in {password_file}"
         if self.demo:
             sim_env = {**env, "OCC_MQTT_URL": mqtt_url}
             self.children.append(Child("simulate", occ + ["simulate", "--scenario", "normal-day",
@@ -185,6 +192,18 @@ class Supervisor:
         if self._lock_file:
             self._lock_file.close()
             self._lock_file = None
+
+
+def _port_or_free(host: str, port: int) -> int:
+    """The configured port when it can be bound, else a free one (a second stack must not fail on 8080)."""
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return free_port()
+    return port
 
 
 def _ensure_database(admin_url: str, name: str) -> None:

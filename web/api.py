@@ -58,6 +58,7 @@ class WebContext:
     health: Any = None
     """Callable returning {"ok": bool, ...}; set by the service."""
     clock: Any = time.monotonic
+    kpi_cache: tuple[float, dict[str, Any]] | None = None
 
 
 CONTEXT: web.AppKey[WebContext] = web.AppKey("occ_web_context", WebContext)
@@ -433,6 +434,27 @@ async def revoke_kiosk_tokens(request: web.Request) -> web.Response:
     return json_response({"revoked": count})
 
 
+@access("viewer")
+async def kpis(request: web.Request) -> web.Response:
+    """The rain gauge with the most rain over the last 24 h (computed at most once a minute)."""
+    c = ctx(request)
+    now = c.clock()
+    cached = c.kpi_cache
+    if cached is not None and now - cached[0] < 60:
+        return json_response(cached[1])
+    end = datetime.now(UTC)
+    devices = [d for d in await c.store.list_devices(kind="hydromet")]
+    series = await c.store.history_by_device([d.id for d in devices], "rain_mm", end - timedelta(hours=24), end,
+                                             bucket=timedelta(hours=1), agg="sum") if devices else {}
+    totals = {device_id: sum(p.value or 0.0 for p in points) for device_id, points in series.items() if points}
+    best = max(totals, key=lambda k: totals[k]) if totals else None
+    names = {d.id: d.name for d in devices}
+    body = {"device_id": best, "name": names.get(best or ""), "value": totals.get(best or ""),
+            "start": (end - timedelta(hours=24)).isoformat(), "end": end.isoformat(), "metric": "rain_mm"}
+    c.kpi_cache = (now, body)
+    return json_response(body)
+
+
 # --- operations ---------------------------------------------------------------------------------------------
 
 
@@ -500,6 +522,7 @@ ROUTES: list[Route] = [
     Route("GET", "/api/me", me, "Who am I", "session"),
     Route("GET", "/api/config", site_config, "Site settings for the wall page", "wall"),
     Route("GET", "/api/areas", areas, "Area outlines (GeoJSON)", "wall"),
+    Route("GET", "/api/kpis", kpis, "Highest 24 h rain (wall KPI tile)", "wall"),
     Route("GET", "/api/devices", list_devices, "Devices", "devices",
           params=(Param("kind"), Param("area"), *PAGE)),
     Route("GET", "/api/devices/{device_id}", get_device, "One device with its latest values and status", "devices",

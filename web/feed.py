@@ -170,7 +170,7 @@ class Hub:
         self.devices = {d.id: d for d in devices}
         self._device_json = {
             d.id: orjson.dumps({"id": d.id, "kind": d.kind, "name": d.name, "area": d.area, "lat": d.lat,
-                                "lon": d.lon})
+                                "lon": d.lon, "attributes": _wall_attributes(d.attributes)})
             for d in self.devices.values()
         }
         self.devices_version += 1
@@ -320,6 +320,14 @@ class Hub:
             self._snapshots.pop(next(iter(self._snapshots)))
         self._snapshots[key] = frame
         return frame
+
+
+WALL_ATTRIBUTES = ("alarm_levels_m", "river", "station_type", "official")
+"""Device attributes the wall uses (KPIs, chart lines); the rest stays in the REST API."""
+
+
+def _wall_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {k: attributes[k] for k in WALL_ATTRIBUTES if attributes and k in attributes}
 
 
 def alert_key(alert: Mapping[str, Any]) -> str:
@@ -486,6 +494,13 @@ class FeedSession:
         self.overflows += 1
         self._events.clear()
         self._readings.clear()
+        self._behind_since = None
+        while self._snapshot_times and now - self._snapshot_times[0] > self.snapshot_window_s:
+            self._snapshot_times.popleft()
+        self._snapshot_times.append(now)
+        if len(self._snapshot_times) > self.max_snapshots:
+            self.closed = Close(CLOSE_TOO_SLOW, "client too slow: it fell behind repeatedly")
+            return
         self._need_snapshot = True
 
     @property
@@ -494,16 +509,12 @@ class FeedSession:
 
     def take(self, now: float, now_epoch: float) -> list[bytes]:
         """Every frame due now, in order; the adapter sends them and calls again when woken."""
+        if self.closed:
+            return []
         frames: list[bytes] = list(self._control)
         self._control.clear()
         if self.filter is not None and self._need_snapshot:
             self._need_snapshot = False
-            while self._snapshot_times and now - self._snapshot_times[0] > self.snapshot_window_s:
-                self._snapshot_times.popleft()
-            self._snapshot_times.append(now)
-            if self.snapshots_sent and len(self._snapshot_times) > self.max_snapshots:
-                self.closed = Close(CLOSE_TOO_SLOW, "client too slow: it fell behind repeatedly")
-                return []
             self.snapshots_sent += 1
             self._offered_seq = self.hub.seq
             frames.append(self.hub.snapshot(self.filter, now_epoch))

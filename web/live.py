@@ -349,7 +349,6 @@ class LiveGateway:
                 else:
                     break
                 if session.closed is not None:
-                    self._schedule_close(client)
                     break
                 if session.wants_send:
                     client.wake.set()
@@ -361,8 +360,11 @@ class LiveGateway:
                     await client.task
                 except (asyncio.CancelledError, Exception):
                     pass
-            if not ws.closed and session.closed is None:
-                await ws.close()
+            if not ws.closed:
+                if session.closed is not None:
+                    await self._close(client, session.closed.code, session.closed.reason)
+                else:
+                    await ws.close()
         return ws
 
 
