@@ -369,7 +369,7 @@ async def dead_letters(request: web.Request) -> web.Response:
     rows = await c.store.dead_letters(limit=offset + limit + 1, since=params.when(q, "since", c.site_tz))
     window = rows[offset : offset + limit]
     items = [{"id": r.id, "received_at": r.received_at.isoformat(), "topic": r.topic, "reason": r.reason,
-              "client_id": r.client_id, "payload": r.payload[:4096].decode("utf-8", "replace"),
+              "code": r.code, "device_id": r.device_id, "payload": r.payload[:4096].decode("utf-8", "replace"),
               "payload_bytes": len(r.payload)} for r in window]
     return json_response(paged(items, limit, offset, more=len(rows) > offset + limit))
 
