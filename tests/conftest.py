@@ -112,3 +112,13 @@ def broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     instance.start()
     yield instance
     instance.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Browser tests skipped for lack of Chromium must not pass unnoticed: say so loudly at the end."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "BROWSER TESTS SKIPPED" in str(r.longrepr)]
+    if skipped:
+        reason = str(skipped[0].longrepr[-1]) if isinstance(skipped[0].longrepr, tuple) else str(skipped[0].longrepr)
+        terminalreporter.write_sep("!", "BROWSER TESTS SKIPPED", red=True, bold=True)
+        terminalreporter.write_line(f"{len(skipped)} browser test(s) did not run: {reason}", red=True, bold=True)
+        terminalreporter.write_line("install Debian's chromium (`apt-get install chromium`) to run them", red=True)
