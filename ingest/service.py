@@ -2,15 +2,29 @@
 
 Pipeline, all on one asyncio loop:
 
-    socket ─▶ paho (buffered reads) ─▶ Batcher ─▶ decode ─▶ write queue (2) ─▶ Store.write_batch ─▶ ack
+    socket ─▶ paho (buffered reads) ─▶ IngestFlow ─▶ decode ─▶ writers ─▶ Store.write_batch ─▶ IngestFlow ─▶ ack
+
+Every decision — when to flush a batch, in which order to acknowledge, when to stop and resume reading, when
+and how to retry a write, when to isolate a poison message — is taken by the pure core `ingest.flow.IngestFlow`
+(tested with a fake clock in tests/unit/test_flow.py). This module is wiring: it feeds the core what happened
+(a message, a commit, a failure, the clock) and carries out the actions it returns.
 
 * Nothing lost: a message is acknowledged only after the transaction holding its readings (or its dead
   letter) commits. If the process dies, the broker redelivers what was not acknowledged.
 * Nothing duplicated: writes are idempotent on (device, metric, ts), so redelivery is harmless.
-* Bounded: at most `max_unacked` messages are held; at the bound the socket is no longer read, so TCP
-  backpressure holds the broker (whose queues are configured to queue, not drop). Acks still go out.
-* Database down: the batch in hand is retried with capped exponential backoff; reading stops at the bound;
+* Bounded: at most `max_unacked` messages and `max_unacked_bytes` payload bytes are held; at either bound the
+  socket is no longer read, so TCP backpressure holds the broker (whose queues are configured to queue, not
+  drop). Acks still go out.
+* Database down: batches are retried with capped exponential backoff and jitter; reading stops at the bound;
   the MQTT connection stays up; on recovery everything held is written and acknowledged in order.
+* No silent stalls: every task this service starts (decode, writers, housekeeping, the MQTT connection) is
+  supervised. One that crashes marks the service unhealthy, is logged once with its cause, and ends `run()`
+  with exit code 1 so that `occ up` (or compose) restarts the worker; what it held unacknowledged is
+  redelivered by the broker.
+* Draining (`drain()`; `occ ingest` does it on SIGUSR1, `occ ingest --drain` for the session of a worker that
+  is gone): unsubscribe, write and acknowledge everything held and everything the broker still had queued for
+  this session, then end the session (session expiry 0 on DISCONNECT) so the share group's other members get
+  the whole stream.
 """
 
 from __future__ import annotations
@@ -19,13 +33,28 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as paho
 
-from ingest.batcher import Batcher
+from ingest.flow import (
+    Ack,
+    Action,
+    Failure,
+    Flush,
+    IngestFlow,
+    Isolate,
+    Pause,
+    Resume,
+    RetryAt,
+    StoreDown,
+    StoreRecovered,
+    TickAt,
+    Write,
+)
 from occ.bus import Delivery, MqttClient
 from occ.catalog import Catalog
 from occ.codecs import Decoder
@@ -70,6 +99,7 @@ class DecodedBatch:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     unprovisioned: dict[str, str] = field(default_factory=dict)
     reject_codes: dict[RejectCode, int] = field(default_factory=dict)
+    result: WriteResult | None = None
 
 
 class IngestMetrics:
@@ -93,7 +123,13 @@ class IngestMetrics:
                                    "From receiving a batch's oldest message to its commit",
                                    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30])
         r.gauge("occ_ingest_unacked_messages", "Messages held, not yet acknowledged", fn=lambda: service.unacked)
+        r.gauge("occ_ingest_unacked_bytes", "Payload bytes held, not yet acknowledged",
+                fn=lambda: service.flow.unacked_bytes)
         r.gauge("occ_ingest_queue_limit", "Bound on unacknowledged messages", fn=lambda: service.max_unacked)
+        r.gauge("occ_ingest_queue_bytes_limit", "Bound on unacknowledged payload bytes",
+                fn=lambda: service.flow.max_unacked_bytes)
+        r.gauge("occ_ingest_healthy", "0 once a supervised task crashed (the worker is exiting)",
+                fn=lambda: float(service.failure is None))
         r.gauge("occ_ingest_reading_paused", "1 while the socket is not read (queue full)",
                 fn=lambda: float(service.bus.paused) if service.bus else 0.0)
         r.gauge("occ_ingest_database_up", "1 when the last database operation succeeded",
@@ -115,6 +151,7 @@ class IngestService:
         batch_max: int = 5000,
         linger_s: float = 0.01,
         max_unacked: int = 50_000,
+        max_unacked_bytes: int = 64 * 1024 * 1024,
         max_payload_bytes: int = 1_048_576,
         max_future_s: float = 300,
         max_past_s: float = 400 * 86400,
@@ -127,6 +164,7 @@ class IngestService:
         keepalive_s: int = 30,
         pool_size: int = 4,
         writers: int = 2,
+        drain_quiet_s: float = 1.0,
         store_options: dict[str, Any] | None = None,
         catalog: Catalog | None = None,
     ) -> None:
@@ -146,27 +184,40 @@ class IngestService:
             self.catalog, self.devices, prefix=topic_prefix, max_payload_bytes=max_payload_bytes,
             max_future_s=max_future_s, max_past_s=max_past_s, local_tz=local_tz, auto_register=auto_register,
         )
-        self._batcher: Batcher[Inbound] = Batcher(max_items=batch_max, linger_s=linger_s, clock=time.monotonic)
+        # Two batches beyond the writers: the next one is decoded while both writers are busy.
+        self.flow: IngestFlow[Inbound] = IngestFlow(
+            batch_max=batch_max, linger_s=linger_s, max_unacked=max_unacked, max_unacked_bytes=max_unacked_bytes,
+            max_batches=writers + 2, clock=time.monotonic, random=random.random,
+            retry_initial_s=min(0.25, retry_max_s), retry_max_s=retry_max_s,
+            poison_attempts=POISON_ATTEMPTS,
+        )
         self._session_expiry_s = session_expiry_s
         self._keepalive_s = keepalive_s
         self._pool_size = pool_size
         self._store_options = store_options or {}
+        self._drain_quiet_s = drain_quiet_s
         self.store: Store | None = None
         self.bus: MqttClient | None = None
-        self.unacked = 0
         self.database_up = False
-        self._wake = asyncio.Event()
         self.writers = writers
-        self._writes: asyncio.Queue[DecodedBatch] = asyncio.Queue(maxsize=writers)
-        self._next_seq = 0
-        self._next_ack_seq = 0
-        self._done: dict[int, tuple[DecodedBatch, WriteResult]] = {}
+        # Both queues are bounded by the flow (at most `max_batches` batches are out); never full.
+        self._decodes: asyncio.Queue[Flush[Inbound]] = asyncio.Queue()
+        self._writes: asyncio.Queue[Write] = asyncio.Queue()
+        self._batches: dict[int, DecodedBatch] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._http_runner: Any = None
         self._last_registry_check = 0.0
         self._registry_version: tuple[int, datetime | None] = (0, None)
         self._registry_stale = False
         self._store_retries_seen = 0
+        self._last_received = 0.0
+        self._stopping = False
+        self.draining = False
+        self.failure: BaseException | None = None
+        self.failed = asyncio.Event()
+        """Set when a supervised task crashed: the worker must exit non-zero (see `run`)."""
         self.metrics = IngestMetrics(self)
         self.started = asyncio.Event()
 
@@ -179,6 +230,7 @@ class IngestService:
             mqtt_url=mqtt.url, database_url=db.url, client_id=ing.client_id,
             share_group=ing.share_group if ing.shared else None, topic_prefix=mqtt.topic_prefix,
             batch_max=ing.batch_max, linger_s=ing.linger_ms / 1000, writers=ing.writers, max_unacked=ing.max_unacked,
+            max_unacked_bytes=ing.max_unacked_mb * 1024 * 1024,
             max_payload_bytes=ing.max_payload_bytes, max_future_s=ing.max_future_s,
             max_past_s=ing.max_past_days * 86400, auto_register=ing.auto_register, local_tz=config.site.timezone,
             http_host=ing.http_host, http_port=ing.http_port, retry_max_s=ing.retry_max_s,
@@ -192,13 +244,18 @@ class IngestService:
         options.update(overrides)
         return cls(**options)
 
+    @property
+    def unacked(self) -> int:
+        return self.flow.unacked
+
     # -- lifecycle ----------------------------------------------------------------------------------
     @property
     def topics(self) -> list[str]:
         base = f"{self.prefix}/+/+/+"
         return [f"$share/{self.share_group}/{base}" if self.share_group else base]
 
-    async def start(self) -> None:
+    async def start(self, *, subscribe: bool = True) -> None:
+        """Connect and start consuming. `subscribe=False` only resumes the persistent session (for `drain`)."""
         if self.http_port is not None:
             self._http_runner, self.bound_http_port = await start_health_server(
                 self.metrics.registry, self.health, host=self.http_host, port=self.http_port)
@@ -208,14 +265,16 @@ class IngestService:
             self.mqtt_url, client_id=self.client_id, on_message=self._on_message, manual_ack=True,
             clean_start=False, session_expiry_s=self._session_expiry_s, keepalive_s=self._keepalive_s,
         )
-        for topic in self.topics:
-            self.bus.subscribe(topic, qos=1)
-        self._tasks = [
-            asyncio.create_task(self._flush_loop(), name="ingest-flush"),
-            *(asyncio.create_task(self._write_loop(), name=f"ingest-write-{i}") for i in range(self.writers)),
-            asyncio.create_task(self._housekeeping_loop(), name="ingest-housekeeping"),
-        ]
+        if subscribe:
+            for topic in self.topics:
+                self.bus.subscribe(topic, qos=1)
+        self._supervise(self._decode_loop(), "decode")
+        for i in range(self.writers):
+            self._supervise(self._write_loop(), f"write-{i}")
+        self._supervise(self._housekeeping_loop(), "housekeeping")
         await self.bus.start(wait=True, timeout=60)
+        if self.bus.task is not None:
+            self._watch(self.bus.task, "mqtt")
         self.started.set()
         log.info("ingest %s consuming %s (store: %s, health and metrics on http://%s:%s)", self.client_id,
                  ", ".join(self.topics), self.store.mode, self.http_host, self.bound_http_port)
@@ -233,14 +292,88 @@ class IngestService:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
 
+    # -- supervision --------------------------------------------------------------------------------
+    def _supervise(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=f"ingest-{name}")
+        self._tasks.append(task)
+        self._watch(task, name)
+
+    def _watch(self, task: asyncio.Task[Any], name: str) -> None:
+        def done(task: asyncio.Task[Any]) -> None:
+            if task.cancelled():
+                return
+            exc = task.exception()
+            if exc is None and self._stopping:
+                return  # the MQTT task ends when the connection is closed on purpose
+            self.crashed(exc if exc is not None else RuntimeError(f"task {name} ended"), name)
+
+        task.add_done_callback(done)
+
+    def crashed(self, exc: BaseException, where: str) -> None:
+        """A supervised task or callback failed: unhealthy now, logged once, and `run()` exits non-zero."""
+        if self.failure is not None:
+            return
+        self.failure = exc
+        self.failed.set()
+        if self.bus is not None:
+            self.bus.pause_reading()  # hold nothing more; what is held is redelivered after the restart
+        log.error("ingest %s: %s crashed (%s: %s); exiting so that the worker is restarted, %d unacknowledged "
+                  "messages will be redelivered", self.client_id, where, type(exc).__name__, exc, self.unacked,
+                  exc_info=exc)
+
+    # -- stopping and draining ----------------------------------------------------------------------
     async def stop(self, *, drain_timeout: float = 10.0) -> None:
-        """Stop reading, write and acknowledge what is held (bounded by `drain_timeout`), then disconnect."""
+        """Stop reading, write and acknowledge what is held (bounded by `drain_timeout`), then disconnect.
+
+        After a crash nothing more is written or acknowledged: the broker redelivers it to the next worker."""
         if self.bus:
             self.bus.pause_reading()
-        deadline = time.monotonic() + drain_timeout
-        while (len(self._batcher) or self.unacked) and time.monotonic() < deadline and self.database_up:
-            self._wake.set()
-            await asyncio.sleep(0.02)
+        if self.failure is None:
+            self._apply(self.flow.drain())
+            deadline = time.monotonic() + drain_timeout
+            while not self.flow.idle and time.monotonic() < deadline and self.database_up and self.failure is None:
+                await asyncio.sleep(0.02)
+        await self._shutdown()
+
+    async def drain(self, *, timeout: float = 60.0) -> bool:
+        """Leave the share group for good: unsubscribe, write and acknowledge everything held and everything
+        the broker still delivers to this session, then end the session (expiry 0). True when nothing was left.
+
+        The broker may still send messages it had queued for this session after the UNSUBACK; the session ends
+        only once `drain_quiet_s` passed with nothing received and nothing held (and the bound is respected
+        meanwhile: reading pauses and resumes as usual)."""
+        assert self.bus is not None
+        self.draining = True
+        log.info("ingest %s draining: leaving %s", self.client_id, ", ".join(self.topics))
+        deadline = time.monotonic() + timeout
+        self._apply(self.flow.drain())
+        for topic in self.topics:
+            try:
+                await self.bus.unsubscribe(topic, timeout=max(0.1, deadline - time.monotonic()))
+            except TimeoutError:
+                log.warning("no UNSUBACK for %s", topic)
+        while time.monotonic() < deadline and self.failure is None:
+            now = time.monotonic()
+            if self.flow.idle and now - self._last_received >= self._drain_quiet_s and self.bus.connected.is_set():
+                break
+            await asyncio.sleep(0.05)
+        clean = self.flow.idle and self.failure is None
+        self._stopping = True
+        if clean:
+            await self.bus.close(session_expiry_s=0)
+            log.info("ingest %s drained: session ended, %d messages acknowledged", self.client_id,
+                     int(self.metrics.acked.get()))
+        else:
+            log.error("ingest %s could not drain within %.0f s (%d messages held); the session is kept",
+                      self.client_id, timeout, self.unacked)
+        await self._shutdown()
+        return clean
+
+    async def _shutdown(self) -> None:
+        self._stopping = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -248,6 +381,8 @@ class IngestService:
                 await task
             except asyncio.CancelledError:
                 pass
+            except Exception:
+                pass  # already reported by the supervisor
         if self.bus:
             await self.bus.close()
         if self.store:
@@ -258,44 +393,81 @@ class IngestService:
     def health(self) -> dict[str, Any]:
         mqtt_ok = bool(self.bus and self.bus.connected.is_set())
         return {
-            "ok": mqtt_ok and self.database_up,
+            "ok": mqtt_ok and self.database_up and self.failure is None,
             "service": "ingest",
             "client_id": self.client_id,
             "mqtt_connected": mqtt_ok,
             "database_up": self.database_up,
             "unacked": self.unacked,
+            "unacked_bytes": self.flow.unacked_bytes,
             "paused": bool(self.bus and self.bus.paused),
+            "draining": self.draining,
+            "crashed": None if self.failure is None else type(self.failure).__name__,
             "store_mode": self.store.mode if self.store else None,
         }
 
+    # -- carrying out the flow's actions ------------------------------------------------------------
+    def _apply(self, actions: Sequence[Action[Inbound]]) -> None:
+        for action in actions:
+            if type(action) is Ack:
+                self._acknowledge(action.seq)
+            elif type(action) is Flush:
+                self._decodes.put_nowait(action)
+            elif type(action) is Write:
+                self._writes.put_nowait(action)
+            elif type(action) is TickAt:
+                self._arm_timer(action.at)
+            elif type(action) is Pause:
+                if self.bus is not None:
+                    self.bus.pause_reading()
+            elif type(action) is Resume:
+                if self.bus is not None and self.failure is None:
+                    self.bus.resume_reading()
+            elif type(action) is RetryAt:
+                self.metrics.write_retries.inc()
+            elif type(action) is Isolate:
+                log.warning("a batch of %d messages failed %d times; writing it message by message",
+                            len(self._batches[action.seq].messages), POISON_ATTEMPTS)
+            elif type(action) is StoreDown:
+                self.database_up = False
+            elif type(action) is StoreRecovered:
+                self.database_up = True
+                log.warning("database recovered after %.1f s; catching up", action.down_s)
+
+    def _arm_timer(self, at: float) -> None:
+        if self._timer is not None and self._timer_at <= at:
+            return  # the earlier tick asks again for the later deadline
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = asyncio.get_running_loop().call_later(max(0.0, at - time.monotonic()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        try:
+            self._apply(self.flow.tick())
+        except Exception as exc:  # a callback has no task to supervise: report it the same way
+            self.crashed(exc, "timer")
+
     # -- receive path (per message: keep it minimal) -------------------------------------------------
     def _on_message(self, message: paho.MQTTMessage, delivery: Delivery) -> None:
-        self.unacked += 1
-        item = Inbound(message._topic.decode("utf-8", "replace"), bytes(message.payload), time.time(),
-                       delivery if message.qos else None)
-        if self._batcher.add(item):
-            self._wake.set()
-        elif len(self._batcher) == 1:
-            self._wake.set()  # start the linger timer
-        if self.unacked >= self.max_unacked and self.bus is not None:
-            self.bus.pause_reading()
+        try:
+            payload = bytes(message.payload)
+            received = time.time()
+            self._last_received = time.monotonic()
+            item = Inbound(message._topic.decode("utf-8", "replace"), payload, received,
+                           delivery if message.qos else None)
+            actions = self.flow.received(item, len(payload))
+            if actions:
+                self._apply(actions)
+        except Exception as exc:  # called by paho from a reader callback: no task would see it
+            self.crashed(exc, "receive")
 
-    async def _flush_loop(self) -> None:
-        batcher = self._batcher
+    async def _decode_loop(self) -> None:
+        """Decode flushed batches in order and hand them to the writers."""
         while True:
-            wait = batcher.wait_s()
-            if wait is None:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            if wait > 0 and not batcher.full():
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), wait)
-                except TimeoutError:
-                    pass
-                continue
-            messages = batcher.take()
+            flush = await self._decodes.get()
+            messages = flush.items
             self.metrics.received.inc(len(messages))
             if self._registry_stale:  # devices were registered by a committed batch (set on the ack path)
                 self._registry_stale = False
@@ -306,9 +478,9 @@ class IngestService:
                 for i in unknown:  # only the messages that named an unknown device are decoded again
                     results[i] = self._decode_one(messages[i])
             batch = self._assemble(messages, results)
-            batch.seq = self._next_seq
-            self._next_seq += 1
-            await self._writes.put(batch)
+            batch.seq = flush.seq
+            self._batches[flush.seq] = batch
+            self._writes.put_nowait(Write(flush.seq, isolate=False))
 
     def _decode(self, messages: list[Inbound]) -> list[Decoded]:
         decode = self.decoder.decode
@@ -378,57 +550,37 @@ class IngestService:
 
     # -- write path ---------------------------------------------------------------------------------
     async def _write_loop(self) -> None:
-        """One of `writers` concurrent writers: batch k+1's COPY overlaps batch k's commit (bench/README.md)."""
-        while True:
-            batch = await self._writes.get()
-            result = await self._commit(batch)
-            self._done[batch.seq] = (batch, result)
-            # Acknowledge in the order messages arrived (MQTT 3.1.1 §4.6), whichever writer finished first.
-            while self._next_ack_seq in self._done:
-                done, done_result = self._done.pop(self._next_ack_seq)
-                self._next_ack_seq += 1
-                await self._acknowledge(done, done_result)
+        """One of `writers` concurrent writers: batch k+1's COPY overlaps batch k's commit (bench/README.md).
 
-    async def _commit(self, batch: DecodedBatch) -> WriteResult:
-        assert self.store is not None
-        delay = 0.25
-        down_since: float | None = None
-        failures = 0
+        The flow decides what happens next (ack in order, retry later, isolate); a failed write is not retried
+        here, so a writer is free for the next batch while one waits out its backoff."""
         while True:
+            job = await self._writes.get()
+            batch = self._batches[job.seq]
             try:
-                if failures >= POISON_ATTEMPTS:
-                    result = await self._write_isolated(batch)
-                else:
-                    result = await self._write(batch)
-                break
+                result = await (self._write_isolated(batch) if job.isolate else self._write(batch))
             except StoreUnavailable as exc:
-                if self.database_up or down_since is None:
+                if self.flow.store_up:
                     log.error("database unavailable (%s); holding %d messages unacknowledged and retrying",
                               exc, self.unacked)
-                    down_since = time.monotonic()
-                self.database_up = False
-                self.metrics.write_retries.inc()
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, self.retry_max_s)
-            except Exception:
+                self._apply(self.flow.failed(job.seq, Failure.OUTAGE))
+                continue
+            except Exception as exc:
                 # Not recognised as an outage (e.g. asyncpg's InternalClientError from a connection broken by a
-                # server shutdown). Letting it end this loop would leave ingest holding its messages forever
-                # while /healthz says OK; instead report it, keep the batch and retry (the pool has dropped
-                # the broken connection by now).
-                log.exception("writing a batch of %d messages failed; holding it and retrying", len(batch.messages))
-                failures += 1
-                if down_since is None:
-                    down_since = time.monotonic()
-                self.database_up = False
-                self.metrics.write_retries.inc()
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, self.retry_max_s)
-        if down_since is not None:
-            log.warning("database recovered after %.1f s; catching up", time.monotonic() - down_since)
-        self.database_up = True
-        return result
+                # server shutdown, or a message the database refuses): keep the batch and retry; after
+                # POISON_ATTEMPTS the flow isolates it message by message.
+                if self.flow.store_up:
+                    log.error("writing a batch of %d messages failed (%s: %s); holding it and retrying",
+                              len(batch.messages), type(exc).__name__, exc)
+                self._apply(self.flow.failed(job.seq, Failure.ERROR))
+                continue
+            batch.result = result
+            self._apply(self.flow.committed(job.seq))
 
-    async def _acknowledge(self, batch: DecodedBatch, result: WriteResult) -> None:
+    def _acknowledge(self, seq: int) -> None:
+        batch = self._batches.pop(seq)
+        result = batch.result
+        assert result is not None
         committed = time.time()
         bus = self.bus
         if bus is not None:
@@ -436,7 +588,6 @@ class IngestService:
                 if message.delivery is not None:
                     bus.ack(message.delivery)
         n = len(batch.messages)
-        self.unacked -= n
         m = self.metrics
         m.acked.inc(n)
         m.batches.inc()
@@ -449,8 +600,6 @@ class IngestService:
             m.dead_lettered.inc(count, code)
         if batch.unprovisioned:
             self._registry_stale = True  # reloaded before the next decode: no database round trip here
-        if bus is not None and bus.paused and self.unacked <= self.max_unacked // 2:
-            bus.resume_reading()
 
     async def _write(self, batch: DecodedBatch) -> WriteResult:
         store = self.store
@@ -503,17 +652,53 @@ class IngestService:
                     await self.store.maintain()
                 except StoreUnavailable:
                     pass
-                except Exception:
-                    log.exception("store maintenance failed")
+                except Exception as exc:
+                    log.error("store maintenance failed (%s: %s); trying again in %.0f s", type(exc).__name__, exc,
+                              MAINTENANCE_EVERY_S)
 
 
-async def run(config: Config, *, stop: asyncio.Event | None = None) -> None:
-    """Run one ingest worker until `stop` is set (the CLI sets it on SIGINT/SIGTERM)."""
+async def run(config: Config, *, stop: asyncio.Event | None = None, drain: asyncio.Event | None = None,
+              drain_only: bool = False) -> int:
+    """Run one ingest worker; returns the process exit code.
+
+    Ends with 0 when `stop` is set (the CLI sets it on SIGINT/SIGTERM; what is held is written and acknowledged
+    first) or after a drain (`drain` set — SIGUSR1 — or `drain_only`: resume this client id's session and drain
+    it at once); with 1 when a supervised task crashed (see `IngestService.crashed`)."""
     service = IngestService.from_config(config)
     stop = stop or asyncio.Event()
-    await service.start()
-    try:
-        await stop.wait()
-    finally:
-        await service.stop()
+    drain = drain or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
 
+    def unhandled(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        # Anything that escaped a callback or an unwatched task is a bug: treat it like a crashed task.
+        exc = context.get("exception")
+        service.crashed(exc if isinstance(exc, BaseException) else RuntimeError(context.get("message")), "event loop")
+
+    loop.set_exception_handler(unhandled)
+    try:
+        await service.start(subscribe=not drain_only)
+        if drain_only:
+            drain.set()
+        waits = {asyncio.ensure_future(e.wait()) for e in (stop, drain, service.failed)}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if service.failure is None and drain.is_set() and not stop.is_set():
+            drained = asyncio.ensure_future(service.drain())
+            interrupted = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({drained, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+            interrupted.cancel()
+            if drained.done():
+                return 0 if drained.result() and service.failure is None else 1
+            drained.cancel()
+            try:
+                await drained
+            except asyncio.CancelledError:
+                pass
+        await service.stop()
+        return 1 if service.failure is not None else 0
+    finally:
+        loop.set_exception_handler(previous)

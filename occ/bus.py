@@ -10,6 +10,15 @@ Delivery semantics for consumers (`manual_ack=True`): a message is acknowledged 
 a reconnect, acks for the old connection are dropped (the broker redelivers those messages on the persistent
 session, and writes are idempotent). `pause_reading()` stops reading the socket so a full queue slows the
 broker (TCP backpressure) while acks still go out.
+
+Outgoing: at most `max_outgoing` packets wait to be written and at most `max_outgoing` QoS ≥ 1 messages wait
+for their PUBACK; beyond that `publish` returns `MQTT_ERR_QUEUE_SIZE` (paho's code) and queues nothing, so a
+publisher faster than the broker is slowed instead of growing memory. A consumer's acks never exceed what it
+holds unacknowledged, which its own bound limits.
+
+Leaving for good (draining a shared-subscription member): `await unsubscribe(topic)` waits for the UNSUBACK,
+and `close(session_expiry_s=0)` ends the session at the broker (MQTT 5 §3.14.2.2.2) once the DISCONNECT,
+behind every ack queued before it, has been written.
 """
 
 from __future__ import annotations
@@ -145,6 +154,7 @@ class MqttClient:
         protocol: int = paho.MQTTv5,
         will: tuple[str, bytes, int, bool] | None = None,
         reconnect_max_s: float = 10.0,
+        max_outgoing: int = 10_000,
     ) -> None:
         self.address = BrokerAddress.parse(url)
         self.client_id = client_id
@@ -155,6 +165,8 @@ class MqttClient:
         self._keepalive_s = keepalive_s
         self._manual_ack = manual_ack
         self._reconnect_max_s = reconnect_max_s
+        self._max_outgoing = max_outgoing
+        self._unsubscribes: dict[int, asyncio.Future[None]] = {}
         self._subscriptions: dict[str, int] = {}
         self._generation = 0
         self._paused = False
@@ -184,10 +196,11 @@ class MqttClient:
             client.tls_set_context(ssl.create_default_context())
         if will:
             client.will_set(will[0], will[1], qos=will[2], retain=will[3])
-        client.max_queued_messages_set(0)
+        client.max_queued_messages_set(self._max_outgoing)
         client.max_inflight_messages_set(65535)
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
+        client.on_unsubscribe = self._handle_unsubscribe
         client.on_message = self._handle_message
         client.direct_handler = self._handle_direct
         client.on_socket_open = self._socket_open
@@ -207,17 +220,57 @@ class MqttClient:
         if self.connected.is_set():
             self._send_subscribe({topic: qos})
 
+    async def unsubscribe(self, topic: str, *, timeout: float = 10.0) -> None:
+        """Unsubscribe (and not again after a reconnect); returns once the broker acknowledged it, or at once
+        when not connected (nothing to tell the broker now; the subscription is gone for the next connect)."""
+        self._subscriptions.pop(topic, None)
+        if not self.connected.is_set():
+            return
+        rc, mid = self._client.unsubscribe(topic)
+        if rc != paho.MQTT_ERR_SUCCESS or mid is None:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._unsubscribes[mid] = future
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+        finally:
+            self._unsubscribes.pop(mid, None)
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The connection task, for a supervisor to watch (it ends only when closed, or by crashing)."""
+        return self._task
+
+    @property
+    def outgoing(self) -> int:
+        """Packets queued and not yet written to the socket."""
+        return len(self._client._out_packet)
+
     async def start(self, *, wait: bool = True, timeout: float = 30.0) -> None:
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name=f"mqtt:{self.client_id}")
         if wait:
             await asyncio.wait_for(self.connected.wait(), timeout)
 
-    async def close(self) -> None:
+    async def close(self, *, session_expiry_s: int | None = None, timeout: float = 5.0) -> None:
+        """Disconnect. With `session_expiry_s` (MQTT 5), also set the session's expiry: 0 ends it now.
+
+        The DISCONNECT goes out behind everything already queued (acks included); with `session_expiry_s` this
+        waits (up to `timeout`) until it has been written, since a session that merely lost its connection
+        keeps holding its messages."""
         self._closing = True
         if self.connected.is_set():
-            self._client.disconnect()
+            properties = None
+            if session_expiry_s is not None and self._protocol == paho.MQTTv5:
+                properties = Properties(PacketTypes.DISCONNECT)
+                properties.SessionExpiryInterval = session_expiry_s
+            self._client.disconnect(properties=properties)
             self._flush_writes()
+            if properties is not None:
+                try:
+                    await asyncio.wait_for(self._disconnected.wait(), timeout)
+                except TimeoutError:
+                    log.warning("MQTT DISCONNECT not written within %.0f s", timeout)
         if self._task:
             self._task.cancel()
             try:
@@ -227,6 +280,11 @@ class MqttClient:
         self._teardown_socket()
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> paho.MQTTMessageInfo:
+        """Queue a message; `rc` is `MQTT_ERR_QUEUE_SIZE` (and nothing is queued) at the outgoing bound."""
+        if len(self._client._out_packet) >= self._max_outgoing:
+            info = paho.MQTTMessageInfo(0)
+            info.rc = paho.MQTT_ERR_QUEUE_SIZE
+            return info
         return self._client.publish(topic, payload, qos=qos, retain=retain)
 
     def ack(self, delivery: Delivery) -> bool:
@@ -431,6 +489,11 @@ class MqttClient:
         if was_connected and not self._closing:
             log.warning("MQTT connection to %s:%d lost: %s", self.address.host, self.address.port, reason)
         self._disconnected.set()
+
+    def _handle_unsubscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        future = self._unsubscribes.get(mid)
+        if future is not None and not future.done():
+            future.set_result(None)
 
     def _handle_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         self._handle_direct(message)

@@ -42,7 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="embedded broker (auto: Mosquitto when installed, else rumqttd from iotcore)")
     up.add_argument("--speed", type=float, default=60.0, help="demo simulation speed (default 60×)")
 
-    sub.add_parser("ingest", help="run one ingest worker")
+    ingest = sub.add_parser(
+        "ingest", help="run one ingest worker",
+        description="Run one ingest worker. SIGINT/SIGTERM: write and acknowledge what it holds, keep its MQTT "
+                    "session, exit 0. SIGUSR1: drain — leave the share group (unsubscribe), write and acknowledge "
+                    "everything held or still queued for it, end its session (expiry 0), exit 0. Exit 1 when a "
+                    "task crashed (restart it: the broker redelivers what was not acknowledged).")
+    ingest.add_argument("--drain", action="store_true",
+                        help="drain the session of this client id (a worker that is gone) and exit")
 
     db = sub.add_parser("db", help="database schema and status")
     db_sub = db.add_subparsers(dest="db_command", required=True)
@@ -194,15 +201,15 @@ async def _devices_command(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _ingest(config: Config) -> int:
+async def _ingest(config: Config, *, drain_only: bool = False) -> int:
     from ingest.service import run
 
-    stop = asyncio.Event()
+    stop, drain = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await run(config, stop=stop)
-    return 0
+    loop.add_signal_handler(signal.SIGUSR1, drain.set)
+    return await run(config, stop=stop, drain=drain, drain_only=drain_only)
 
 
 def _up(config: Config, args: argparse.Namespace) -> int:
@@ -259,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _up(config, args)
         config = _with_running_stack(config)
         if args.command == "ingest":
-            return asyncio.run(_ingest(config))
+            return asyncio.run(_ingest(config, drain_only=args.drain))
         if args.command == "db":
             return asyncio.run(_db_command(config, args))
         if args.command == "devices":

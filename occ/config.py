@@ -66,6 +66,8 @@ class IngestConfig:
     """Concurrent batch writes per worker (acks stay in arrival order); 2 overlaps one COPY with a commit."""
     max_unacked: int = 50_000
     """Messages received but not yet committed and acknowledged; at the bound ingest stops reading."""
+    max_unacked_mb: int = 64
+    """The same bound in payload megabytes (MiB), per worker: whichever bound is reached first stops reading."""
     max_payload_bytes: int = 1_048_576
     max_future_s: int = 300
     max_past_days: int = 400
