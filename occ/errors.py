@@ -45,3 +45,13 @@ class AlreadyRunning(ServiceError):
         self.pid = pid
         self.lock_path = lock_path
         super().__init__(f"occ up is already running (pid {pid}, lock {lock_path})")
+
+
+class MqttProtocolError(OccError, ValueError):
+    """The MQTT peer sent something the protocol forbids (malformed, oversized, out of order); `reason_code` is
+    the MQTT 5 reason code our DISCONNECT carries before the connection is closed and re-established."""
+
+    def __init__(self, reason: str, reason_code: int) -> None:
+        self.reason = reason
+        self.reason_code = reason_code
+        super().__init__(reason)
