@@ -41,6 +41,7 @@ __all__ = [
     "Publish",
     "State",
     "SubAck",
+    "UnsubAck",
     "decode_properties",
     "encode_connect",
     "encode_properties",
@@ -55,6 +56,8 @@ PUBLISH: Final = 3
 PUBACK: Final = 4
 SUBSCRIBE: Final = 8
 SUBACK: Final = 9
+UNSUBSCRIBE: Final = 10
+UNSUBACK: Final = 11
 PINGREQ: Final = 12
 PINGRESP: Final = 13
 DISCONNECT: Final = 14
@@ -216,12 +219,20 @@ def encode_subscribe(packet_id: int, filters: Sequence[tuple[str, int]], *, reta
     return _packet(0x82, body)
 
 
+def encode_unsubscribe(packet_id: int, filters: Sequence[str]) -> bytes:
+    """UNSUBSCRIBE (§3.10)."""
+    return _packet(0xA2, struct.pack("!H", packet_id) + b"\x00" + b"".join(_utf8(f) for f in filters))
+
+
 def encode_puback(packet_ids: Sequence[int]) -> bytes:
     """PUBACKs with reason 0 and no properties, two bytes each after the fixed header (§3.4.2.1), in order."""
     return struct.pack(f">{len(packet_ids)}I", *[_PUBACK_BASE | pid for pid in packet_ids])
 
 
-def encode_disconnect(reason_code: int = SUCCESS) -> bytes:
+def encode_disconnect(reason_code: int = SUCCESS, *, session_expiry_s: int | None = None) -> bytes:
+    """DISCONNECT (§3.14); `session_expiry_s` replaces the CONNECT value (0 ends the session now)."""
+    if session_expiry_s is not None:
+        return _packet(0xE0, bytes((reason_code,)) + encode_properties({0x11: session_expiry_s}))
     return b"\xe0\x00" if reason_code == SUCCESS else b"\xe0\x02" + bytes((reason_code,)) + b"\x00"
 
 
@@ -356,6 +367,12 @@ class SubAck:
 
 
 @dataclass(frozen=True, slots=True)
+class UnsubAck:
+    packet_id: int
+    reason_codes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Closed:
     """The connection is over: refused, disconnected by the server, timed out, or ended by a protocol error.
 
@@ -368,7 +385,7 @@ class Closed:
     error: MqttProtocolError | None = None
 
 
-Event = ConnAck | SubAck | Closed
+Event = ConnAck | SubAck | UnsubAck | Closed
 
 
 class State(Enum):
@@ -479,6 +496,16 @@ class MqttClientProtocol:
         self._send(packet)
         return packet_id
 
+    def unsubscribe(self, filters: Sequence[str]) -> int:
+        """Queue one UNSUBSCRIBE; returns its packet id (the UnsubAck event carries it)."""
+        if self._state is not State.CONNECTED:
+            raise RuntimeError(f"unsubscribe() while {self._state.value}")
+        packet_id = self._next_packet_id
+        self._next_packet_id = packet_id % 65535 + 1
+        self._pending_subs.add(packet_id)
+        self._send(encode_unsubscribe(packet_id, filters))
+        return packet_id
+
     def ack(self, packet_ids: Iterable[int]) -> int:
         """Queue PUBACKs, in the order given, for packet ids received on this connection and not yet acked;
         others (already acked, or from an earlier connection) are skipped. Returns how many were queued."""
@@ -494,10 +521,13 @@ class MqttClientProtocol:
             self._send(encode_puback(acked))
         return len(acked)
 
-    def disconnect(self, reason_code: int = SUCCESS) -> None:
-        """A normal client DISCONNECT; the session stays on the server for `session_expiry_s`."""
+    def disconnect(self, reason_code: int = SUCCESS, *, session_expiry_s: int | None = None) -> None:
+        """A client DISCONNECT. The session stays on the server for `session_expiry_s` (the CONNECT value unless
+        given here; 0 ends it now). A session opened with expiry 0 cannot be extended (§3.14.2.2.2)."""
+        if session_expiry_s and not self.session_expiry_s:
+            raise ValueError("a session opened with expiry 0 cannot be given one at DISCONNECT")
         if self._state in (State.CONNECTING, State.CONNECTED):
-            self._send(encode_disconnect(reason_code))
+            self._send(encode_disconnect(reason_code, session_expiry_s=session_expiry_s))
             self._close(Closed(reason_code, REASONS.get(reason_code, "disconnect"), "client"))
 
     def connection_lost(self, reason: str = "connection closed") -> None:
@@ -663,14 +693,14 @@ class MqttClientProtocol:
 
     def _control(self, first: int, view: memoryview, body: int, stop: int) -> None:
         kind = first >> 4
-        if kind not in (CONNACK, SUBACK, PINGRESP, DISCONNECT):
+        if kind not in (CONNACK, SUBACK, UNSUBACK, PINGRESP, DISCONNECT):
             raise MqttProtocolError(f"unexpected packet type {kind} for a subscriber", PROTOCOL_ERROR)
         if first & 0x0F:
             raise MqttProtocolError(f"reserved flags set on packet type {kind}", MALFORMED_PACKET)
         if kind == CONNACK:
             self._connack(view, body, stop)
-        elif kind == SUBACK:
-            self._suback(view, body, stop)
+        elif kind == SUBACK or kind == UNSUBACK:
+            self._suback(view, body, stop, kind)
         elif kind == PINGRESP:
             if stop != body:
                 raise MqttProtocolError("PINGRESP with a body", MALFORMED_PACKET)
@@ -711,18 +741,22 @@ class MqttClientProtocol:
         self._set_state(State.CONNECTED)
         self._events.append(ConnAck(session_present, code, props))
 
-    def _suback(self, view: memoryview, body: int, stop: int) -> None:
+    def _suback(self, view: memoryview, body: int, stop: int, kind: int) -> None:
+        name = "SUBACK" if kind == SUBACK else "UNSUBACK"
         if stop - body < 3:
-            raise MqttProtocolError("SUBACK too short", MALFORMED_PACKET)
+            raise MqttProtocolError(f"{name} too short", MALFORMED_PACKET)
         pid = (view[body] << 8) | view[body + 1]
         if pid not in self._pending_subs:
-            raise MqttProtocolError(f"SUBACK for unknown packet identifier {pid}", PROTOCOL_ERROR)
+            raise MqttProtocolError(f"{name} for unknown packet identifier {pid}", PROTOCOL_ERROR)
         self._pending_subs.discard(pid)
         props, p = decode_properties(view, body + 2, stop)
         codes = tuple(view[p:stop])
         if not codes:
-            raise MqttProtocolError("SUBACK without reason codes", PROTOCOL_ERROR)
-        self._events.append(SubAck(pid, codes, props.get(0x1F)))
+            raise MqttProtocolError(f"{name} without reason codes", PROTOCOL_ERROR)
+        if kind == SUBACK:
+            self._events.append(SubAck(pid, codes, props.get(0x1F)))
+        else:
+            self._events.append(UnsubAck(pid, codes))
 
     def _fail(self, error: MqttProtocolError) -> None:
         """Close on our side with the error's reason code (§4.13: DISCONNECT, then close the connection)."""

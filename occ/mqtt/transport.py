@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from occ.bus import BrokerAddress, Delivery
-from occ.mqtt.protocol import MAX_PACKET_SIZE, Closed, ConnAck, MqttClientProtocol, Publish, State, SubAck
+from occ.mqtt.protocol import MAX_PACKET_SIZE, Closed, ConnAck, MqttClientProtocol, Publish, State, SubAck, UnsubAck
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class MqttSubscriber:
         self._tick_handle: asyncio.TimerHandle | None = None
         self._acks: list[int] = []
         self._ack_scheduled = False
-        self._subacks: asyncio.Future[SubAck] | None = None
+        self._replies: dict[int, asyncio.Future[SubAck | UnsubAck]] = {}
         self._connack: asyncio.Future[ConnAck] | None = None
         self.connected = asyncio.Event()
         self.connects = 0
@@ -129,9 +129,27 @@ class MqttSubscriber:
     def paused(self) -> bool:
         return self._paused
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The connection task (reconnects by itself; ends only on `close()` or an unexpected error)."""
+        return self._task
+
     def subscribe(self, topic: str, qos: int = 1) -> None:
-        """Subscribe on every (re)connect; call before `start()`."""
+        """Subscribe now (if connected) and again on every reconnect."""
         self._subscriptions[topic] = qos
+        conn = self._conn
+        if conn is not None and self.connected.is_set():
+            self._request(conn, conn.proto.subscribe([(topic, qos)]))
+
+    async def unsubscribe(self, topic: str, timeout: float = 10.0) -> None:
+        """Forget `topic` and, if connected, wait for the broker's UNSUBACK."""
+        self._subscriptions.pop(topic, None)
+        conn = self._conn
+        if conn is None or not self.connected.is_set():
+            return
+        reply = self._request(conn, conn.proto.unsubscribe([topic]))
+        async with asyncio.timeout(timeout):
+            await _until(reply, conn.lost)
 
     async def start(self, *, wait: bool = True, timeout: float = 30.0) -> None:
         self._task = asyncio.create_task(self._run(), name=f"mqtt:{self.client_id}")
@@ -139,13 +157,14 @@ class MqttSubscriber:
         if wait:
             await asyncio.wait_for(self.connected.wait(), timeout)
 
-    async def close(self) -> None:
-        """Send pending acks and a normal DISCONNECT (the session stays), then stop."""
+    async def close(self, session_expiry_s: int | None = None) -> None:
+        """Send pending acks, then DISCONNECT and stop. The session stays on the broker for the CONNECT expiry,
+        or for `session_expiry_s` when given (0 ends it now: a worker leaving a shared group for good)."""
         self._closing = True
         conn = self._conn
         if conn is not None and conn.transport is not None and conn.proto.state is State.CONNECTED:
             self._flush_acks()
-            conn.proto.disconnect()
+            conn.proto.disconnect(session_expiry_s=session_expiry_s)
             self._write(conn)
             conn.transport.close()
             try:
@@ -247,11 +266,9 @@ class MqttSubscriber:
                 self.connects += 1
                 self.session_present = connack.session_present
                 if self._subscriptions:
-                    self._subacks = loop.create_future()
-                    proto.subscribe(list(self._subscriptions.items()))
-                    self._write(conn)
-                    suback = await _until(self._subacks, conn.lost)
-                    if suback.failed:
+                    reply = self._request(conn, proto.subscribe(list(self._subscriptions.items())))
+                    suback = await _until(reply, conn.lost)
+                    if isinstance(suback, SubAck) and suback.failed:
                         log.error("MQTT subscription to %s refused by %s:%d (reason codes %s)",
                                   ", ".join(self._subscriptions), self.address.host, self.address.port,
                                   ", ".join(f"0x{c:02x}" for c in suback.reason_codes))
@@ -298,9 +315,13 @@ class MqttSubscriber:
             if isinstance(event, ConnAck):
                 if self._connack is not None and not self._connack.done():
                     self._connack.set_result(event)
-            elif isinstance(event, SubAck):
-                if self._subacks is not None and not self._subacks.done():
-                    self._subacks.set_result(event)
+            elif isinstance(event, SubAck | UnsubAck):
+                reply = self._replies.pop(event.packet_id, None)
+                if reply is not None and not reply.done():
+                    reply.set_result(event)
+                elif isinstance(event, SubAck) and event.failed:
+                    log.error("MQTT subscription refused by %s:%d (reason codes %s)", self.address.host,
+                              self.address.port, ", ".join(f"0x{c:02x}" for c in event.reason_codes))
             elif isinstance(event, Closed) and event.error is not None:
                 self.protocol_errors += 1
                 log.error("MQTT protocol error from %s:%d: %s (reason code 0x%02x); reconnecting",
@@ -313,6 +334,7 @@ class MqttSubscriber:
         self._conn = None
         self.connected.clear()
         self._acks.clear()
+        self._replies.clear()
         if self._tick_handle is not None:
             self._tick_handle.cancel()
             self._tick_handle = None
@@ -324,6 +346,13 @@ class MqttSubscriber:
             log.warning("MQTT connection to %s:%d lost: %s", self.address.host, self.address.port, why)
 
     # -- I/O helpers --------------------------------------------------------------------------------------------
+    def _request(self, conn: _Connection, packet_id: int) -> asyncio.Future[SubAck | UnsubAck]:
+        """Send what the protocol queued and return a future for the reply to `packet_id`."""
+        reply: asyncio.Future[SubAck | UnsubAck] = asyncio.get_running_loop().create_future()
+        self._replies[packet_id] = reply
+        self._write(conn)
+        return reply
+
     def _write(self, conn: _Connection) -> None:
         data = conn.proto.data_to_send()
         if data and conn.transport is not None and not conn.transport.is_closing():

@@ -108,6 +108,30 @@ async def test_pause_reading_holds_the_stream_and_resume_catches_up(mqtt_service
         await sub.close()
 
 
+async def test_unsubscribe_waits_for_the_broker_and_close_can_end_the_session(mqtt_services_url: str,
+                                                                             mqtt_url: str) -> None:
+    prefix = f"t/{uuid.uuid4().hex[:6]}"
+    client_id = f"t-{uuid.uuid4().hex[:8]}"
+    sink = Sink()
+    sub = subscriber(mqtt_services_url, sink, f"{prefix}/a", client_id=client_id)
+    sub.subscribe(f"{prefix}/b")  # not yet connected: sent with the first SUBSCRIBE
+    await sub.start()
+    await sub.unsubscribe(f"{prefix}/a")
+    pub = Publisher(mqtt_url)
+    pub.publish(f"{prefix}/a", b"gone")
+    pub.publish(f"{prefix}/b", b"kept")
+    await asyncio.to_thread(pub.close)
+    await until(lambda: len(sink.frames) == 1)
+    assert sink.frames[0][1] == b"kept"
+    await sub.close(session_expiry_s=0)
+    again = subscriber(mqtt_services_url, Sink(), f"{prefix}/b", client_id=client_id)
+    await again.start()
+    try:
+        assert not again.session_present
+    finally:
+        await again.close(session_expiry_s=0)
+
+
 async def test_close_is_prompt_while_the_broker_is_unreachable() -> None:
     sub = MqttSubscriber("mqtt://127.0.0.1:1", client_id="nobody", on_publishes=Sink())
     await sub.start(wait=False)

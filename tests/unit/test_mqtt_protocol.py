@@ -28,6 +28,7 @@ from occ.mqtt.protocol import (
     Publish,
     State,
     SubAck,
+    UnsubAck,
     decode_properties,
     encode_properties,
     encode_subscribe,
@@ -316,10 +317,25 @@ def test_resumed_session_redelivery_carries_dup_and_may_repeat_an_unacked_id() -
     assert proto.ack([7, 7]) == 1
 
 
-def test_disconnect_keeps_the_session() -> None:
+def test_disconnect_keeps_the_session_or_ends_it() -> None:
     proto = connected()
     proto.disconnect()
     assert proto.data_to_send() == b"\xe0\x00" and proto.state is State.CLOSED
+    ending = connected(session_expiry_s=3600)
+    ending.disconnect(session_expiry_s=0)
+    assert ending.data_to_send() == b"\xe0\x07\x00\x05\x11\x00\x00\x00\x00"
+    with pytest.raises(ValueError):
+        connected(session_expiry_s=0).disconnect(session_expiry_s=60)
+
+
+def test_unsubscribe_and_unsuback() -> None:
+    proto = connected()
+    pid = proto.unsubscribe(["$share/g/a/+"])
+    assert proto.data_to_send() == packet(0xA2, struct.pack("!H", pid) + b"\x00\x00\x0c$share/g/a/+")
+    proto.receive_data(packet(0xB0, struct.pack("!H", pid) + b"\x00\x00"))
+    assert proto.events_received() == [UnsubAck(pid, (0,))]
+    proto.receive_data(packet(0xB0, struct.pack("!H", pid) + b"\x00\x00"))
+    assert proto.failure is not None and proto.failure.reason_code == 0x82  # no such UNSUBSCRIBE pending
 
 
 # -- keepalive ----------------------------------------------------------------------------------------------------
