@@ -141,7 +141,7 @@ class MqttSubscriber:
         if conn is not None and self.connected.is_set():
             self._request(conn, conn.proto.subscribe([(topic, qos)]))
 
-    async def unsubscribe(self, topic: str, timeout: float = 10.0) -> None:
+    async def unsubscribe(self, topic: str, *, timeout: float = 10.0) -> None:
         """Forget `topic` and, if connected, wait for the broker's UNSUBACK."""
         self._subscriptions.pop(topic, None)
         conn = self._conn
@@ -157,7 +157,7 @@ class MqttSubscriber:
         if wait:
             await asyncio.wait_for(self.connected.wait(), timeout)
 
-    async def close(self, session_expiry_s: int | None = None) -> None:
+    async def close(self, *, session_expiry_s: int | None = None, timeout: float = 1.0) -> None:
         """Send pending acks, then DISCONNECT and stop. The session stays on the broker for the CONNECT expiry,
         or for `session_expiry_s` when given (0 ends it now: a worker leaving a shared group for good)."""
         self._closing = True
@@ -168,7 +168,7 @@ class MqttSubscriber:
             self._write(conn)
             conn.transport.close()
             try:
-                async with asyncio.timeout(1.0):  # let the DISCONNECT leave before the socket is torn down
+                async with asyncio.timeout(timeout):  # let the DISCONNECT leave before the socket is torn down
                     await conn.lost.wait()
             except TimeoutError:
                 pass
