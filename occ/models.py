@@ -1,8 +1,7 @@
 """Value objects shared by every service, so a reading means the same thing to ingest, alerts and the map.
 
 The ingest hot path moves readings as plain tuples (`ReadingRow`, the exact shape COPY writes) because a
-frozen dataclass per reading costs more than the rest of the per-reading work; `Reading` is the named form
-for APIs and tests.
+frozen dataclass per reading costs more than the rest of the per-reading work.
 """
 
 from __future__ import annotations
@@ -11,12 +10,9 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import IntFlag, StrEnum
-from typing import Any, Literal, NamedTuple, NewType
+from typing import Any, Literal, NamedTuple
 
 from occ.errors import DecodeError
-
-DeviceId = NewType("DeviceId", str)
-MetricName = NewType("MetricName", str)
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 CHANNELS = ("telemetry", "event", "status")
@@ -35,22 +31,6 @@ class Quality(IntFlag):
 
 # (device_id, metric, ts, value, quality): the column order of the readings table and of COPY.
 ReadingRow = tuple[str, str, datetime, float, int]
-
-
-@dataclass(frozen=True, slots=True)
-class Reading:
-    device_id: str
-    metric: str
-    ts: datetime
-    value: float
-    quality: int = Quality.GOOD
-
-    def row(self) -> ReadingRow:
-        return (self.device_id, self.metric, self.ts, self.value, int(self.quality))
-
-    @classmethod
-    def from_row(cls, row: ReadingRow) -> Reading:
-        return cls(*row)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,8 @@
-"""The OCC store: PostgreSQL or TimescaleDB behind one API (ARCHITECTURE §4). All SQL lives in this package.
+"""The OCC store: PostgreSQL or TimescaleDB behind one API (docs/architecture.md, "Store"). All SQL lives in
+this package.
 
     store = await Store.connect(url, timezone="Asia/Ho_Chi_Minh")   # migrates, one per process
+    store = await Store.connect(url, StoreSettings.from_config(config))
     result = await store.write_batch(rows, events=..., statuses=..., dead_letters=..., received_at=now)
     points = await store.history("HG-BQ-RG01", "rain_mm", start, end, bucket="day", agg="sum", day_start_hour=7)
 
@@ -21,6 +23,7 @@ from occ.store.records import (
     StoredEvent,
     WriteResult,
 )
+from occ.store.settings import StoreSettings
 from occ.store.store import Store
 
 __all__ = [
@@ -40,6 +43,7 @@ __all__ = [
     "Mode",
     "Silence",
     "Store",
+    "StoreSettings",
     "StoredEvent",
     "WriteResult",
     "migrate",

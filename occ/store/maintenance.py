@@ -9,13 +9,13 @@ ahead, moves rows out of the default partition and drops partitions past retenti
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import asyncpg
 
 from occ.store.migrator import MIGRATION_LOCK_KEY
+from occ.store.settings import StoreSettings
 
 log = logging.getLogger(__name__)
 
@@ -23,51 +23,6 @@ MAINTENANCE_LOCK_KEY = int.from_bytes(b"OCC:MNTN", "big", signed=True)
 LOCK_TIMEOUT = "1s"
 """Partition DDL waits at most this long for a lock (writers queue behind a waiting DDL); when it cannot get
 it, the step is reported and retried at the next maintenance."""
-
-
-@dataclass(frozen=True, slots=True)
-class StoreSettings:
-    """Tunable storage settings (mirrors occ.config.DatabaseConfig)."""
-
-    retention_days: int = 730
-    compress_after_days: int = 7
-    partition_days: int = 7
-    partitions_ahead: int = 4
-    chunk_interval: timedelta = timedelta(days=1)
-
-    def validate(self) -> None:
-        if self.retention_days < 1:
-            raise ValueError("retention_days must be at least 1")
-        if self.compress_after_days < 1:
-            raise ValueError("compress_after_days must be at least 1")
-        if self.partition_days < 1:
-            raise ValueError("partition_days must be at least 1")
-        if self.partitions_ahead < 1:
-            raise ValueError("partitions_ahead must be at least 1")
-        if self.chunk_interval < timedelta(minutes=1):
-            raise ValueError("chunk_interval must be at least a minute")
-
-    def as_settings(self) -> dict[str, str]:
-        return {
-            "retention_days": str(self.retention_days),
-            "compress_after_days": str(self.compress_after_days),
-            "partition_days": str(self.partition_days),
-            "partitions_ahead": str(self.partitions_ahead),
-            "chunk_interval_s": str(int(self.chunk_interval.total_seconds())),
-        }
-
-    @classmethod
-    def from_settings(cls, values: Mapping[str, str]) -> StoreSettings:
-        default = cls()
-        return cls(
-            retention_days=int(values.get("retention_days", default.retention_days)),
-            compress_after_days=int(values.get("compress_after_days", default.compress_after_days)),
-            partition_days=int(values.get("partition_days", default.partition_days)),
-            partitions_ahead=int(values.get("partitions_ahead", default.partitions_ahead)),
-            chunk_interval=timedelta(
-                seconds=int(values.get("chunk_interval_s", default.chunk_interval.total_seconds()))
-            ),
-        )
 
 
 async def read_settings(conn: asyncpg.Connection) -> dict[str, str]:
@@ -79,7 +34,7 @@ async def write_settings(conn: asyncpg.Connection, settings: StoreSettings, *, t
     """Persist settings and, on TimescaleDB, bring the chunk interval and policies in line with them."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
-        values = settings.as_settings()
+        values = settings.stored()
         await conn.execute(
             "INSERT INTO occ_settings (key, value) SELECT * FROM unnest($1::text[], $2::text[]) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = now() "

@@ -21,12 +21,12 @@ from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
 
 from occ.errors import OccError
 from occ.store.connection import connect_one
+from occ.store.settings import StoreSettings
 
 log = logging.getLogger(__name__)
 
@@ -164,20 +164,13 @@ def render(sql: str, params: Mapping[str, str]) -> str:
     return _PLACEHOLDER_RE.sub(substitute, sql)
 
 
-def migration_params(
-    *, timezone: str, chunk_interval: timedelta, compress_after_days: int, retention_days: int
-) -> dict[str, str]:
-    try:
-        ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise MigrationError(f"unknown time zone {timezone!r}") from exc
-    if chunk_interval <= timedelta(0):
-        raise MigrationError("chunk_interval must be positive")
+def migration_params(settings: StoreSettings) -> dict[str, str]:
+    """The `${name}` values of the migration files (StoreSettings has validated them)."""
     return {
-        "timezone": _literal(timezone),
-        "chunk_interval": _interval(chunk_interval),
-        "compress_after": _interval(timedelta(days=compress_after_days)),
-        "retention": _interval(timedelta(days=retention_days)),
+        "timezone": _literal(settings.timezone),
+        "chunk_interval": _interval(settings.chunk_interval),
+        "compress_after": _interval(timedelta(days=settings.compress_after_days)),
+        "retention": _interval(timedelta(days=settings.retention_days)),
     }
 
 
@@ -265,33 +258,28 @@ def verify(applied: list[AppliedMigration], migrations: list[Migration]) -> None
 
 async def migrate(
     url: str,
+    settings: StoreSettings | None = None,
     *,
-    timescaledb: str = "auto",
-    timezone: str = "Asia/Ho_Chi_Minh",
-    chunk_interval: timedelta = timedelta(days=1),
-    compress_after_days: int = 7,
-    retention_days: int = 730,
     migrations: list[Migration] | None = None,
-    connect_kwargs: Mapping[str, Any] | None = None,
+    **overrides: Any,
 ) -> MigrateResult:
     """Bring the schema at `url` up to date; a no-op when it already is. Safe to call concurrently.
 
-    The storage mode is chosen the first time (timescaledb = auto | on | off) and recorded; later calls keep
-    it and fail when `on`/`off` contradicts it. `timezone` fixes the 1-day rollup buckets at creation time.
+    `settings` (or the defaults), with any StoreSettings field given as a keyword replacing its value. The
+    storage mode is chosen the first time (`timescaledb` = auto | on | off) and recorded; later calls keep it
+    and fail when `on`/`off` contradicts it. `timezone` fixes the 1-day rollup buckets at creation time.
     """
+    settings = StoreSettings.build(settings, **overrides)
     migrations = discover() if migrations is None else migrations
-    params = migration_params(
-        timezone=timezone,
-        chunk_interval=chunk_interval,
-        compress_after_days=compress_after_days,
-        retention_days=retention_days,
-    )
-    connect_kwargs = dict(connect_kwargs or {})
+    params = migration_params(settings)
+    connect_kwargs = {"connect_timeout": settings.connect_timeout}
     conn = await connect_one(url, **connect_kwargs)
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
         try:
-            return await _migrate_locked(conn, url, migrations, params, timescaledb, timezone, connect_kwargs)
+            return await _migrate_locked(
+                conn, url, migrations, params, settings.timescaledb, settings.timezone, connect_kwargs
+            )
         finally:
             if not conn.is_closed():
                 await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)

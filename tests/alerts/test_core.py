@@ -331,7 +331,7 @@ def test_offline_station_mutes_its_threshold_alert_and_silences_mute() -> None:
 def test_flapping_keeps_the_episode_open_and_mutes_it() -> None:
     eng = flood(keep="5m")
     eng.tick(T0)
-    states = []
+    states: list[tuple[object, object, object]] = []
     for k in range(12):
         ts = T0 + k * 600
         states.extend((t.state, t.muted, t.flapping) for t in eng.tick(ts).transitions)

@@ -46,7 +46,9 @@ async def running_ingest(database_url: str, mqtt_url: str, **options: Any) -> As
 class Publisher:
     """A paho publisher in its own thread loop (as a device would be), QoS 1 by default."""
 
-    def __init__(self, mqtt_url: str, *, client_id: str | None = None, protocol: int = paho.MQTTv311) -> None:
+    def __init__(
+        self, mqtt_url: str, *, client_id: str | None = None, protocol: paho.MQTTProtocolVersion = paho.MQTTv311
+    ) -> None:
         address = BrokerAddress.parse(mqtt_url)
         self.client = paho.Client(
             paho.CallbackAPIVersion.VERSION2, client_id=client_id or f"pub-{uuid.uuid4().hex[:8]}", protocol=protocol

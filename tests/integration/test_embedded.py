@@ -30,11 +30,11 @@ async def test_embedded_postgres_restarts_and_keeps_data(work_dir: Path) -> None
     assert not port_open("127.0.0.1", server.port)
 
 
-def _roundtrip(url: str, protocol: int) -> bytes:
+def _roundtrip(url: str, protocol: mqtt.MQTTProtocolVersion) -> bytes:
     port = int(url.rsplit(":", 1)[1])
     received: list[bytes] = []
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"t-sub-{protocol}", protocol=protocol)
-    sub.on_message = lambda c, u, m: received.append(m.payload)
+    sub.on_message = lambda c, u, m: received.append(bytes(m.payload))
     sub.connect("127.0.0.1", port)
     sub.subscribe("occ/test/roundtrip", qos=1)
     sub.loop_start()

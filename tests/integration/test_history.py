@@ -130,8 +130,8 @@ async def test_gap_filling(loaded: tuple[Store, list]) -> None:
 
 
 async def test_hydrological_day_in_vietnam_time(store: Store) -> None:
-    def local(*args: int) -> datetime:
-        return datetime(*args, tzinfo=VN)
+    def local(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
+        return datetime(year, month, day, hour, minute, second, tzinfo=VN)
 
     readings = [
         (local(2026, 10, 20, 6, 30), 1.0),
@@ -217,7 +217,7 @@ async def test_history_validation(store: Store) -> None:
 
 # --- rollups -------------------------------------------------------------------------------------------------
 
-SPECS = [
+SPECS: list[tuple[timedelta | str, int]] = [
     (timedelta(minutes=5), 0),  # 1-minute rollups
     (timedelta(minutes=30), 0),
     (timedelta(hours=1), 0),  # 1-hour rollups

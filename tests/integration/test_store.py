@@ -299,7 +299,7 @@ async def test_value_and_quality_types(store: Store, database_url: str) -> None:
         ("st1", "rain_mm", T0, 5, Quality.OUT_OF_RANGE),
         ("st1", "door_open", T0, True, Quality.OUT_OF_RANGE | Quality.UNKNOWN_METRIC),
     ]
-    assert (await store.write_batch(batch, received_at=T0)).inserted == 2  # type: ignore[arg-type]
+    assert (await store.write_batch(batch, received_at=T0)).inserted == 2
     latest = {v.metric: (v.value, v.quality) for v in await store.latest()}
     assert latest == {"rain_mm": (5.0, 1), "door_open": (1.0, 3)}
 
@@ -371,7 +371,7 @@ async def test_unreachable_server_raises_store_unavailable() -> None:
     with pytest.raises(StoreUnavailable):
         await Store.connect("postgresql://occ@127.0.0.1:1/occ", connect_timeout=2)
     with pytest.raises(StoreUnavailable):
-        await migrate("postgresql://occ@127.0.0.1:1/occ", connect_kwargs={"connect_timeout": 2})
+        await migrate("postgresql://occ@127.0.0.1:1/occ", connect_timeout=2)
 
 
 class FaultProxy:

@@ -4,8 +4,9 @@ writer may lock too takes them in one order (sorted keys), so overlapping batche
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
@@ -51,7 +52,7 @@ def batch(round_: int, reverse: bool) -> tuple[list[ReadingRow], list[Event], li
 async def test_overlapping_writers_in_opposite_orders_never_deadlock(store: Store, database_url: str) -> None:
     rounds, writers = 10, 4
     for round_ in range(rounds):
-        work = []
+        work: list[Coroutine[Any, Any, object]] = []
         for w in range(writers):
             rows, events, statuses, unprovisioned = batch(round_, reverse=w % 2 == 1)
             work.append(store.write_batch(rows, events=events, statuses=statuses, unprovisioned=unprovisioned,

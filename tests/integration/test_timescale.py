@@ -108,7 +108,9 @@ async def test_rollups_match_raw_and_history_is_unchanged(store: Store, ts_url: 
     rows = readings("st1", T0, 72, 5) + readings("st22", T0, 72, 10)
     await store.write_batch(rows, received_at=T0)
     start, end = T0 - timedelta(hours=2, minutes=11), T0 + timedelta(days=3, minutes=17)
-    specs = [(timedelta(minutes=15), 0), (timedelta(hours=1), 0), ("day", 7), ("day", 0), ("week", 0)]
+    specs: list[tuple[timedelta | str, int]] = [
+        (timedelta(minutes=15), 0), (timedelta(hours=1), 0), ("day", 7), ("day", 0), ("week", 0)
+    ]
 
     async def snapshot() -> dict:
         out = {}

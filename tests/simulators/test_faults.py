@@ -8,6 +8,7 @@ from simhelpers import JULY, RunSim, scenarios, subset
 
 from simulators.engine import Message
 from simulators.fleet import Fleet
+from simulators.scenario import ScenarioSpec
 from simulators.timeutil import parse_timestamp
 
 FAULTY = ["HG-TP-WL02", "HG-VX-AWS01", "HG-VX-WL01", "HG-BQ-RG03", "HG-MV-AWS01", "HG-TP-TC02", "HG-TP-CAM04",
@@ -26,7 +27,8 @@ def runs(fleet: Fleet) -> tuple[list[Message], list[Message]]:
 
     small = subset(fleet, ids=FAULTY)
     out = []
-    for specs in ([], scenarios("sensor-faults")):
+    no_faults: list[ScenarioSpec] = []
+    for specs in (no_faults, scenarios("sensor-faults")):
         sim = Simulation(small, start=JULY, seed=4, scenarios=specs)
         messages: list[Message] = []
         for batch in sim.run_until(JULY + 8 * H):

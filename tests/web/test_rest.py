@@ -156,7 +156,7 @@ async def test_openapi_matches_the_router(client: Client) -> None:
     doc = await (await client.get("/api/openapi.json")).json()
     documented = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops}
     served = set()
-    for resource in client.app.router.resources():  # type: ignore[union-attr]
+    for resource in client.app.router.resources():
         info = resource.get_info()
         path = info.get("path") or info.get("formatter")
         if path is None:  # the static folder

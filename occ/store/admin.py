@@ -1,0 +1,155 @@
+"""Administration: storage settings shared by every process, periodic maintenance (partitions, retention,
+rollups) and the status report of `occ db status`."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from occ.store import maintenance, rollups
+from occ.store.base import StoreBase, require_aware
+from occ.store.records import MaintenanceReport
+from occ.store.settings import StoreSettings
+
+
+class Administration(StoreBase):
+    """configure(), maintain(), status()."""
+
+    async def configure(self, settings: StoreSettings | None = None, **overrides: Any) -> None:
+        """Store new storage settings for every process and apply them (TimescaleDB: chunk interval and
+        policies; plain: used by the next maintain()). Keywords replace fields of `settings` (default: this
+        store's settings)."""
+        new = StoreSettings.build(settings or self.settings, **overrides)
+        async with self._connection() as conn:
+            await maintenance.write_settings(conn, new, timescale=self._mode == "timescale")
+
+    async def maintain(self, *, now: datetime | None = None, budget_s: float = 30.0) -> MaintenanceReport:
+        """Periodic housekeeping; call every few minutes from one or more processes (only one runs at a time).
+
+        Plain: partitions ahead, rows out of the default partition, partitions past retention dropped, rollups
+        of dirty hours and days recomputed. TimescaleDB: continuous aggregates refreshed for dirty hours and
+        days (the background policies handle compression and retention).
+        """
+        now = now or datetime.now(UTC)
+        require_aware("now", now)
+        report = MaintenanceReport()
+        deadline = time.monotonic() + budget_s
+        async with self._connection() as conn:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", maintenance.MAINTENANCE_LOCK_KEY):
+                report.skipped = True
+                return report
+            try:
+                settings = self.settings.with_stored(await maintenance.read_settings(conn))
+                cutoff = now - timedelta(days=settings.retention_days)
+                if self._mode == "plain":
+                    parts = await maintenance.maintain_partitions(
+                        conn, now=now, settings=settings, errors=report.errors
+                    )
+                    report.partitions_created = parts.created
+                    report.partitions_dropped = parts.dropped
+                    report.default_rows_relocated = parts.relocated
+                    report.rollup_rows_deleted = parts.rollup_rows_deleted
+                refreshed = await rollups.refresh(
+                    conn,
+                    mode=self._mode,
+                    rollup_tz=self._rollup_tz,
+                    now=now,
+                    grace=self.settings.rollup_grace,
+                    retention_cutoff=cutoff,
+                    deadline=deadline,
+                )
+                report.hours_refreshed = refreshed.hours
+                report.days_refreshed = refreshed.days
+                report.pending_hours = refreshed.pending_hours
+            finally:
+                if not conn.is_closed():
+                    await conn.execute("SELECT pg_advisory_unlock($1)", maintenance.MAINTENANCE_LOCK_KEY)
+        return report
+
+    async def status(self) -> dict[str, Any]:
+        """Everything `occ db status` shows: mode, versions, migrations, settings, table sizes and row
+        estimates, oldest/newest reading, pending rollup work."""
+        async with self._connection() as conn:
+            info: dict[str, Any] = {
+                "mode": self._mode,
+                "server_version": await conn.fetchval("SHOW server_version"),
+                "timescaledb_version": self.timescaledb_version,
+                "rollup_timezone": self.rollup_timezone,
+            }
+            info["migrations"] = [
+                dict(row)
+                for row in await conn.fetch(
+                    "SELECT version, name, variant, applied_at FROM occ_schema_migrations ORDER BY version"
+                )
+            ]
+            info["settings"] = await maintenance.read_settings(conn)
+            info["tables"] = await self._table_sizes(conn)
+            info["newest_reading"] = await conn.fetchval("SELECT max(ts) FROM latest")
+            info["oldest_reading"] = await self._oldest_reading(conn)
+            info["pending_rollup_hours"] = await conn.fetchval(
+                "SELECT count(DISTINCT bucket) FROM rollup_dirty"
+            )
+            info["pending_rollup_days"] = await conn.fetchval("SELECT count(*) FROM rollup_dirty_days")
+            if self._mode == "plain":
+                info["partitions"] = await conn.fetchval("SELECT count(*) FROM readings_partitions")
+                info["default_partition_rows"] = await conn.fetchval("SELECT count(*) FROM readings_default")
+        return info
+
+    async def _table_sizes(self, conn: asyncpg.Connection) -> dict[str, dict[str, int]]:
+        plain_tables = (
+            "devices", "latest", "device_status", "device_status_history", "events", "dead_letters"
+        )
+        sizes: dict[str, dict[str, int]] = {}
+        for name in plain_tables:
+            row = await conn.fetchrow(
+                "SELECT pg_total_relation_size(c.oid) AS bytes, greatest(c.reltuples, 0)::bigint AS rows "
+                "FROM pg_class c WHERE c.oid = to_regclass($1)",
+                name,
+            )
+            if row:
+                sizes[name] = {"bytes": row["bytes"], "rows_estimate": row["rows"]}
+        if self._mode == "plain":
+            for name in ("readings", "readings_1m", "readings_1h", "readings_1d"):
+                row = await conn.fetchrow(
+                    "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint AS bytes, "
+                    "coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint AS rows FROM pg_class c "
+                    "WHERE c.oid = to_regclass($1) OR c.oid IN "
+                    "(SELECT inhrelid FROM pg_inherits WHERE inhparent = to_regclass($1))",
+                    name,
+                )
+                sizes[name] = {"bytes": row["bytes"], "rows_estimate": row["rows"]}
+        else:
+            row = await conn.fetchrow(
+                "SELECT hypertable_size('readings') AS bytes, approximate_row_count('readings') AS rows"
+            )
+            sizes["readings"] = {"bytes": row["bytes"] or 0, "rows_estimate": row["rows"] or 0}
+            for view in ("readings_1m", "readings_1h", "readings_1d"):
+                row = await conn.fetchrow(
+                    "SELECT hypertable_size(format('%I.%I', materialization_hypertable_schema, "
+                    "materialization_hypertable_name)::regclass) AS bytes, "
+                    "approximate_row_count(format('%I.%I', materialization_hypertable_schema, "
+                    "materialization_hypertable_name)::regclass) AS rows "
+                    "FROM timescaledb_information.continuous_aggregates WHERE view_name = $1",
+                    view,
+                )
+                if row:
+                    sizes[view] = {"bytes": row["bytes"] or 0, "rows_estimate": row["rows"] or 0}
+        return sizes
+
+    async def _oldest_reading(self, conn: asyncpg.Connection) -> datetime | None:
+        if self._mode == "timescale":
+            oldest: datetime | None = await conn.fetchval("SELECT min(ts) FROM readings")
+            return oldest
+        # Plain: min(ts) of the default partition and of the oldest non-empty range partition (one scan).
+        candidates = [await conn.fetchval("SELECT min(ts) FROM readings_default")]
+        for row in await conn.fetch("SELECT name FROM readings_partitions ORDER BY lo"):
+            name = row["name"]
+            value = await conn.fetchval(f'SELECT min(ts) FROM "{name}"')
+            if value is not None:
+                candidates.append(value)
+                break
+        present = [c for c in candidates if c is not None]
+        return min(present) if present else None
