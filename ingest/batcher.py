@@ -1,6 +1,6 @@
 """Pure batching policy: flush when a batch is full or its oldest message has waited `linger_s`.
 
-No I/O and an injectable clock, so the policy is tested without sockets (ARCHITECTURE §8: a 10 ms linger
+No I/O and an injectable clock, so the policy is tested without sockets (docs/architecture.md §8: a 10 ms linger
 kept p99 publish→commit near 100 ms at half load; 200 ms made it 400 ms).
 """
 

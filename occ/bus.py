@@ -1,6 +1,6 @@
 """The MQTT bus: paho-mqtt 2.x driven by the asyncio loop, with no threads.
 
-Why this shape (ARCHITECTURE §8): paho's per-message Python cost dominates ingest, and most of it is its
+Why this shape (docs/architecture.md §8): paho's per-message Python cost dominates ingest, and most of it is its
 receive path reading each packet in several tiny `recv()` calls, plus thread → asyncio hand-offs.
 Here paho's socket I/O runs on the loop through `add_reader`/`add_writer` (no hand-off), and `_sock_recv`
 serves paho from a large userspace buffer filled by one `recv()` per readiness event.

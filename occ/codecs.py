@@ -1,4 +1,4 @@
-"""Pure decoding of device MQTT messages into reading rows, events and status changes (ARCHITECTURE §2).
+"""Pure decoding of device MQTT messages into reading rows, events and status changes (docs/architecture.md §2).
 
 `Decoder.decode(topic, payload, received_at)` is the ingest hot path: no I/O, no clock (the receive time is
 an input), never raises. Whatever cannot be stored is described, precisely and per part, in

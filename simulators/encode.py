@@ -1,4 +1,4 @@
-"""Payload encoders for the MQTT contract (ARCHITECTURE §2): object, array, SenML and gateway forms.
+"""Payload encoders for the MQTT contract (docs/architecture.md §2): object, array, SenML and gateway forms.
 
 The models produce float arrays; values are rounded here to what a real sensor would send (0.2 mm buckets,
 cm of stage, whole vehicles) and NaN means "this device has no such sensor" and is left out of the payload.

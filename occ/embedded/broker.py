@@ -1,6 +1,6 @@
 """An MQTT broker for a machine that has none: Mosquitto when it is on PATH, else rumqttd from `iotcore`.
 
-Both are configured so that a burst is queued, not dropped (ARCHITECTURE §3: Mosquitto's default
+Both are configured so that a burst is queued, not dropped (docs/architecture.md §3: Mosquitto's default
 `max_queued_messages 1000` silently drops QoS 1 messages for a subscriber that falls behind), and so that an
 ack-after-commit consumer is not throttled by a small in-flight window.
 

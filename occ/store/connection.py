@@ -1,7 +1,7 @@
 """Connecting to PostgreSQL, and telling "the database is unreachable" (retry later) from data errors.
 
 Connection failures become `occ.errors.StoreUnavailable` so ingest keeps its messages unacknowledged and
-retries (ARCHITECTURE §3); every other database error propagates unchanged.
+retries (docs/architecture.md §3); every other database error propagates unchanged.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A 100,000-message QoS 1 burst, far faster than ingest writes, is queued by the broker, not dropped.
 
-ARCHITECTURE §3: Mosquitto's default `max_queued_messages 1000` silently drops QoS 1 messages queued for a
+docs/architecture.md §3: Mosquitto's default `max_queued_messages 1000` silently drops QoS 1 messages queued for a
 subscriber that falls behind. Here ingest's persistent session is created, ingest goes offline, and two
 publisher processes push 100,000 messages as fast as they can: all of them must sit in the broker's queue for
 that session (100 × the default limit). Then ingest comes back and every reading is stored exactly once.

@@ -1,5 +1,5 @@
 """Fault tests: ingest killed with SIGKILL, PostgreSQL stopped for over 10 s, the broker restarted, each in the
-middle of a QoS 1 stream. After each, every reading of the stream is stored exactly once (ARCHITECTURE §3).
+middle of a QoS 1 stream. After each, every reading of the stream is stored exactly once (docs/architecture.md §3).
 
 Everything is real and separate: `occ ingest` runs as a child process with a fixed client id (so its
 persistent session outlives it), publishers are paho clients in their own processes, the broker is a private

@@ -4,7 +4,7 @@ What a typo in these files would cost only shows at deploy time, on the operatio
 OCC_* variable that is silently not a setting, a broker that drops a burst because a queue directive is
 misspelt, an ingest replica that shares another's client id and kicks it off the broker in a loop. These
 tests read docker-compose.yml, the Dockerfile, .dockerignore and the Mosquitto configuration as text and
-hold them to the contract in ARCHITECTURE.md §3 and docs/deploy.md.
+hold them to the contract in docs/architecture.md §3 and docs/deploy.md.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-# Queue limits below these lose data in a burst (ARCHITECTURE.md §3: the default 1000 dropped 90 % of 100k).
+# Queue limits below these lose data in a burst (docs/architecture.md §3: the default 1000 dropped 90 % of 100k).
 MIN_QUEUED_MESSAGES = 1_000_000
 MIN_QUEUED_BYTES = 256 * 1024 * 1024
 
