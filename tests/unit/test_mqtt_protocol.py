@@ -255,7 +255,8 @@ def test_connection_refused_is_reported_not_raised() -> None:
     proto.connect()
     proto.receive_data(packet(0x20, b"\x00\x87" + encode_properties({0x1F: "ACL"})))
     ack, closed = proto.events_received()
-    assert ack.reason_code == 0x87 and proto.state is State.CLOSED and proto.failure is None
+    assert isinstance(ack, ConnAck) and ack.reason_code == 0x87
+    assert proto.state is State.CLOSED and proto.failure is None
     assert closed == Closed(0x87, "connection refused: not authorized: ACL", "server")
 
 
@@ -296,7 +297,7 @@ def test_shared_subscription_and_suback() -> None:
     second = proto.subscribe([("x", 1)])
     proto.receive_data(packet(0x90, struct.pack("!H", second) + encode_properties({0x1F: "no"}) + b"\x9e"))
     (refused,) = proto.events_received()
-    assert refused.failed and refused.reason_string == "no"
+    assert isinstance(refused, SubAck) and refused.failed and refused.reason_string == "no"
 
 
 def test_acks_are_coalesced_in_order_and_only_for_unacked_ids_of_this_connection() -> None:
@@ -387,7 +388,7 @@ def test_server_keep_alive_replaces_ours_and_zero_disables() -> None:
 
 # -- property-based round trips -----------------------------------------------------------------------------------
 
-topics = st.text(st.characters(blacklist_characters="+#\x00", blacklist_categories=("Cs",)), min_size=1,
+topics = st.text(st.characters(blacklist_characters="+#\x00", blacklist_categories=["Cs"]), min_size=1,
                  max_size=60).filter(lambda t: len(t.encode()) <= 65535)
 messages = st.lists(st.tuples(topics, st.binary(max_size=3000), st.sampled_from([0, 1]), st.booleans()),
                     min_size=1, max_size=30)
