@@ -59,6 +59,7 @@ class WebContext:
     """Callable returning {"ok": bool, ...}; set by the service."""
     clock: Any = time.monotonic
     kpi_cache: tuple[float, dict[str, Any]] | None = None
+    config_dir: str = "config"
 
 
 CONTEXT: web.AppKey[WebContext] = web.AppKey("occ_web_context", WebContext)

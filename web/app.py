@@ -30,9 +30,9 @@ LIVE_ROUTES = [api.Route("GET", "/ws", websocket, "Live feed (websocket; protoco
 
 
 def all_routes() -> list[api.Route]:
-    from web import alerts_api
+    from web import alerts_api, rules_api
 
-    return [*api.ROUTES, *alerts_api.ROUTES, *LIVE_ROUTES]
+    return [*api.ROUTES, *alerts_api.ROUTES, *rules_api.ROUTES, *LIVE_ROUTES]
 
 
 @web.middleware
@@ -133,6 +133,7 @@ class WebService:
             areas=load_outlines(config.config_path),
             registry=registry,
             health=self.health,
+            config_dir=str(config.config_path.resolve()),
         )
         self.app = build_app(context, self.gateway)
         return self.app

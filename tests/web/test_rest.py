@@ -176,3 +176,20 @@ async def test_metrics_and_json_404(client: Client) -> None:
     assert metrics.status == 200 and "occ_web_ws_clients" in await metrics.text()
     unknown = await client.get("/api/nothing-here")
     assert unknown.status in (401, 404)
+
+
+async def test_rules_list_and_validate(client: Client) -> None:
+    await login(client, "viewer")
+    rules = await client.get("/api/rules")
+    assert rules.status == 200
+    names = {r["name"] for r in (await rules.json())["items"]}
+    assert "flood-level" in names
+    client.session.cookie_jar.clear()
+    await login(client, "admin")
+    good = ("rules:\n  - name: t\n    kind: threshold\n    metric: rain_mm\n    levels:\n"
+            "      - {name: a, severity: 1, enter: 5}\n")
+    ok = await client.post("/api/rules/validate", data=good, headers=WRITE_HEADERS)
+    assert ok.status == 200 and (await ok.json())["valid"] is True, await ok.text()
+    bad = await client.post("/api/rules/validate", data=good.replace("threshold", "thresold"), headers=WRITE_HEADERS)
+    body = await bad.json()
+    assert bad.status == 422 and body["valid"] is False and "candidate.yaml:" in body["error"]["message"]

@@ -1,0 +1,393 @@
+"""Live feed benchmark: `python -m bench.ws` (issue 10).
+
+1,000 websocket clients (in separate processes, `websockets` asyncio client) watch the whole province while
+5,000 devices report (one reading each per 10 s on average, MQTT QoS 0) and a storm of 200 alert changes
+arrives within one second. Measured: delivery latency from MQTT publish to client receipt (p50/p99, readings
+and alerts), server CPU and RSS. Phases, all in the same run on the same machine:
+
+  occ        `occ web` (real gateway, coalescing, per-client writers), all clients fast
+  occ+slow   the same with 50 clients that read slowly (their sockets fill up); latency of the others
+  naive      bench/ws_naive.py: one frame per message, awaited send to each client in turn
+  naive+slow the naive server with the same slow clients
+
+The last line is a JSON object (clients, p50_ms, p99_ms, p99_ms_with_slow, naive_p99_ms, server_rss_mb, …).
+Everything runs on loopback, bounded in time, and stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.common import machine_info, percentile, status_kb, tree_cpu_s
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def log(message: str) -> None:
+    print(f"[bench.ws {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- client worker (one process, many websocket clients) -------------------------------------------------
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+async def _client(url: str, token: str, index: int, slow: bool, sample: bool, ready: asyncio.Event,
+                  stop: asyncio.Event, out: dict[str, Any]) -> None:
+    import websockets
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    readings: list[float] = out["readings"]
+    alerts: list[float] = out["alerts"]
+    try:
+        async with websockets.connect(url, additional_headers=headers, compression=None, max_size=2**25,
+                                      open_timeout=120, max_queue=2 if slow else 64, ping_interval=None) as ws:
+            await ws.send('{"type": "subscribe"}')
+            got_snapshot = False
+            while not stop.is_set():
+                try:
+                    raw = await asyncio.wait_for(ws.recv(decode=False), 0.5)
+                except TimeoutError:
+                    continue
+                data = raw.encode() if isinstance(raw, str) else raw
+                now = time.time()
+                out["frames"] += 1
+                if not got_snapshot:
+                    if data.startswith(b'{"type":"snapshot"'):
+                        got_snapshot = True
+                        out["ready"] += 1
+                        if out["ready"] == out["clients"]:
+                            ready.set()
+                    continue
+                if slow:
+                    await asyncio.sleep(1.0)  # a wall display on a bad link: reads a frame a second
+                    continue
+                if not data.startswith(b'{"type":"delta"'):
+                    if data.startswith(b'{"type":"snapshot"'):
+                        out["snapshots"] += 1
+                    continue
+                if not sample and b'"alerts":[]' in data:
+                    out["readings_unsampled"] += data.count(b'"values"')
+                    continue  # nothing to time in this frame: keep the client cheap
+                frame = orjson.loads(data)
+                for alert in frame["alerts"]:
+                    alerts.append(now - _epoch(alert["changed_at"]))
+                if sample:
+                    for item in frame["readings"]:
+                        readings.append(now - _epoch(item["ts"]))
+                else:
+                    out["readings_unsampled"] += len(frame["readings"])
+    except Exception as exc:  # a benchmark client reports, it does not crash its siblings
+        code = getattr(getattr(exc, "rcvd", None), "code", None)
+        key = f"closed_{code}" if code else type(exc).__name__
+        out["errors"][key] = out["errors"].get(key, 0) + 1
+        if not out.get("first_error"):
+            out["first_error"] = repr(exc)[:300]
+
+
+async def client_worker(url: str, token: str, count: int, slow: int, first_index: int, sample_every: int) -> None:
+    out: dict[str, Any] = {"clients": count, "ready": 0, "frames": 0, "readings": [], "alerts": [],
+                           "readings_unsampled": 0, "snapshots": 0, "errors": {}}
+    ready = asyncio.Event()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    tasks = []
+    for i in range(count):
+        index = first_index + i
+        tasks.append(asyncio.create_task(_client(url, token, index, i < slow, index % sample_every == 0, ready,
+                                                 stop, out)))
+        if i % 50 == 49:
+            await asyncio.sleep(0.05)  # do not SYN-flood the listen backlog
+    try:
+        await asyncio.wait_for(ready.wait(), 180)
+    except TimeoutError:
+        pass
+    print(json.dumps({"ready": out["ready"]}), flush=True)
+    await stop.wait()
+    await asyncio.wait(tasks, timeout=5)
+    for task in tasks:
+        task.cancel()
+    out["slow"] = slow
+    print(json.dumps(out), flush=True)
+
+
+# --- publisher worker -------------------------------------------------------------------------------------
+
+def publisher_worker(url: str, devices: int, interval: float, duration: float, storm: int, storm_at: float) -> None:
+    import paho.mqtt.client as paho
+
+    from occ.bus import BrokerAddress
+
+    address = BrokerAddress.parse(url)
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"bench-ws-pub-{os.getpid()}",
+                         protocol=paho.MQTTv311)
+    client.connect(address.host, address.port)
+    client.loop_start()
+    rate = devices / interval
+    ids = [f"BW{i:05d}" for i in range(devices)]
+    rng = random.Random(7)
+    start = time.time()
+    sent = 0
+    storm_sent = 0
+    order = list(range(devices))
+    rng.shuffle(order)
+    while True:
+        now = time.time()
+        elapsed = now - start
+        if elapsed >= duration:
+            break
+        due = int(elapsed * rate)
+        while sent < due:
+            device = ids[order[sent % devices]]
+            payload = orjson.dumps({"ts": datetime.now(UTC).isoformat(),
+                                    "values": {"water_level_m": 100 + rng.random(), "rain_mm": rng.random() * 5}})
+            client.publish(f"occ/v1/hydromet/{device}/telemetry", payload, qos=0)
+            sent += 1
+        if elapsed >= storm_at and storm_sent < storm:
+            due_storm = min(storm, int((elapsed - storm_at) * storm) + 1)
+            while storm_sent < due_storm:
+                device = ids[rng.randrange(devices)]
+                severity = 1 + storm_sent % 5
+                alert = {"v": 1, "seq": storm_sent + 1, "id": 900_000 + storm_sent, "device_id": device,
+                         "area": "bench", "state": "firing", "previous_state": "pending", "severity": severity,
+                         "changed_at": datetime.now(UTC).isoformat(), "late": False, "muted": None, "acked": None}
+                client.publish(f"occ/v1/_sys/alerts/bench/{device}", orjson.dumps(alert), qos=1)
+                storm_sent += 1
+        time.sleep(0.005)
+    time.sleep(0.5)
+    client.loop_stop()
+    client.disconnect()
+    print(json.dumps({"readings": sent, "alerts": storm_sent}), flush=True)
+
+
+# --- orchestration ----------------------------------------------------------------------------------------
+
+@dataclass
+class Options:
+    clients: int = 1000
+    procs: int = 4
+    devices: int = 5000
+    interval: float = 10.0
+    duration: float = 20.0
+    slow: int = 50
+    storm: int = 200
+    sample_every: int = 10
+    phases: tuple[str, ...] = ("occ", "occ+slow", "naive", "naive+slow")
+
+
+async def setup_store(database_url: str, devices: int) -> str:
+    from occ.models import Device
+    from occ.store import Store
+    from web.auth import new_token, token_hash
+
+    store = await Store.connect(database_url, pool_size=2, timescaledb="off")
+    rng = random.Random(3)
+    await store.upsert_devices([
+        Device(f"BW{i:05d}", "hydromet", f"Bench station {i}", 22.2 + rng.random() * 1.1, 104.4 + rng.random() * 1.1,
+               "bench", {"alarm_levels_m": {"I": 100.5, "II": 101.0, "III": 102.0}})
+        for i in range(devices)
+    ])
+    user, _ = await store.users.upsert("bench", "viewer", None)
+    token = new_token()
+    from datetime import timedelta
+
+    await store.users.add_token(user.id, token_hash(token), kind="kiosk",
+                                expires_at=datetime.now(UTC) + timedelta(hours=2))
+    await store.close()
+    return token
+
+
+def start_server(kind: str, port: int, database_url: str, mqtt_url: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "OCC_DATABASE_URL": database_url, "OCC_MQTT_URL": mqtt_url, "OCC_LOG_LEVEL": "WARNING",
+           "OCC_WEB__CLIENT_MAX_LAG_S": "30"}
+    if kind == "occ":
+        argv = [sys.executable, "-m", "occ.cli", "web", "--port", str(port)]
+    else:
+        argv = [sys.executable, "-m", "bench.ws_naive", "--port", str(port), "--mqtt-url", mqtt_url,
+                "--database-url", database_url]
+    return subprocess.Popen(argv, env=env, cwd=ROOT)
+
+
+def wait_port(port: int, timeout: float = 60) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"server did not listen on {port}")
+
+
+def run_phase(name: str, opts: Options, database_url: str, mqtt_url: str, device_mqtt_url: str,
+              token: str) -> dict[str, Any]:
+    from occ.embedded import free_port
+
+    kind = "occ" if name.startswith("occ") else "naive"
+    slow_total = opts.slow if name.endswith("+slow") else 0
+    port = free_port()
+    server = start_server(kind, port, database_url, mqtt_url)
+    workers: list[subprocess.Popen[str]] = []
+    try:
+        wait_port(port)
+        time.sleep(1.0)  # MQTT subscriptions in place
+        url = f"ws://127.0.0.1:{port}/ws"
+        per = opts.clients // opts.procs
+        for p in range(opts.procs):
+            count = per if p < opts.procs - 1 else opts.clients - per * (opts.procs - 1)
+            slow = slow_total // opts.procs + (1 if p < slow_total % opts.procs else 0)
+            workers.append(subprocess.Popen(
+                [sys.executable, "-m", "bench.ws", "--client-worker", url, token if kind == "occ" else "",
+                 str(count), str(slow), str(p * per), str(opts.sample_every)],
+                stdout=subprocess.PIPE, text=True, cwd=ROOT))
+        ready = 0
+        for w in workers:
+            assert w.stdout is not None
+            line = w.stdout.readline()
+            ready += json.loads(line)["ready"] if line.strip() else 0
+        log(f"{name}: {ready}/{opts.clients} clients have their snapshot")
+        cpu0, t0 = tree_cpu_s(server.pid), time.monotonic()
+        publisher = subprocess.run(
+            [sys.executable, "-m", "bench.ws", "--publisher", device_mqtt_url, str(opts.devices), str(opts.interval),
+             str(opts.duration), str(opts.storm), str(opts.duration / 2)],
+            capture_output=True, text=True, cwd=ROOT, timeout=opts.duration + 60)
+        time.sleep(1.5)  # let the last frames arrive
+        cpu1, t1 = tree_cpu_s(server.pid), time.monotonic()
+        rss_kb = status_kb(server.pid, "VmRSS") or 0
+        hwm_kb = status_kb(server.pid, "VmHWM") or 0
+        results = []
+        for w in workers:
+            w.send_signal(signal.SIGTERM)
+        for w in workers:
+            out, _ = w.communicate(timeout=60)
+            lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+            results.append(json.loads(lines[-1]))
+        readings = [x for r in results for x in r["readings"]]
+        alerts = [x for r in results for x in r["alerts"]]
+        errors: dict[str, int] = {}
+        for r in results:
+            for k, v in r["errors"].items():
+                errors[k] = errors.get(k, 0) + v
+        sent = json.loads(publisher.stdout.strip().splitlines()[-1]) if publisher.stdout.strip() else {}
+        fast_clients = opts.clients - slow_total
+        expected_alerts = fast_clients * sent.get("alerts", 0)
+        return {
+            "phase": name, "clients": opts.clients, "slow_clients": slow_total, "ready": ready,
+            "published_readings": sent.get("readings"), "published_alerts": sent.get("alerts"),
+            "reading_samples": len(readings),
+            "p50_ms": round(percentile(readings, 50) * 1000, 1) if readings else None,
+            "p99_ms": round(percentile(readings, 99) * 1000, 1) if readings else None,
+            "alert_p50_ms": round(percentile(alerts, 50) * 1000, 1) if alerts else None,
+            "alert_p99_ms": round(percentile(alerts, 99) * 1000, 1) if alerts else None,
+            "alerts_delivered_pct": round(100 * len(alerts) / expected_alerts, 1) if expected_alerts else None,
+            "frames": sum(r["frames"] for r in results), "snapshots_after_start": sum(r["snapshots"] for r in results),
+            "client_errors": errors,
+            "server_cpu_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 1), "server_rss_mb": round(rss_kb / 1024, 1),
+            "server_peak_rss_mb": round(hwm_kb / 1024, 1),
+        }
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def run(opts: Options) -> dict[str, Any]:
+    from occ.embedded import EmbeddedBroker, EmbeddedPostgres
+    from occ.supervisor import _ensure_database
+
+    base = Path(tempfile.mkdtemp(prefix="occ-bench-ws-", dir="/tmp"))
+    base.chmod(0o755)
+    postgres = EmbeddedPostgres(base / "pg", durable=False)
+    broker = EmbeddedBroker(base / "broker", kind="auto")
+    try:
+        admin = postgres.start()
+        _ensure_database(admin, "occ")
+        database_url = admin.rsplit("/", 1)[0] + "/occ"
+        broker.start()
+        token = asyncio.run(setup_store(database_url, opts.devices))
+        log(f"{opts.devices} devices, {opts.clients} clients in {opts.procs} processes, broker {broker.kind}")
+        phases = []
+        for name in opts.phases:
+            result = run_phase(name, opts, database_url, broker.services_url, broker.url, token)
+            log(json.dumps(result))
+            phases.append(result)
+    finally:
+        broker.stop()
+        postgres.stop(mode="immediate")
+    by = {p["phase"]: p for p in phases}
+    occ, slow = by.get("occ", {}), by.get("occ+slow", {})
+    naive, naive_slow = by.get("naive", {}), by.get("naive+slow", {})
+    summary = {
+        "bench": "ws", "clients": opts.clients, "devices": opts.devices, "readings_per_s": opts.devices / opts.interval,
+        "storm_alerts": opts.storm, "slow_clients": opts.slow,
+        "p50_ms": occ.get("p50_ms"), "p99_ms": occ.get("p99_ms"), "alert_p99_ms": occ.get("alert_p99_ms"),
+        "p99_ms_with_slow": slow.get("p99_ms"), "alert_p99_ms_with_slow": slow.get("alert_p99_ms"),
+        "slow_degradation_pct": round(100 * (slow["p99_ms"] / occ["p99_ms"] - 1), 1)
+        if slow.get("p99_ms") and occ.get("p99_ms") else None,
+        "naive_p50_ms": naive.get("p50_ms"), "naive_p99_ms": naive.get("p99_ms"),
+        "naive_p99_ms_with_slow": naive_slow.get("p99_ms"),
+        "naive_alert_p99_ms_with_slow": naive_slow.get("alert_p99_ms"),
+        "ratio_naive_over_occ_p99_with_slow": round(naive_slow["p99_ms"] / slow["p99_ms"], 1)
+        if naive_slow.get("p99_ms") and slow.get("p99_ms") else None,
+        "server_cpu_pct": occ.get("server_cpu_pct"), "naive_server_cpu_pct": naive.get("server_cpu_pct"),
+        "server_rss_mb": max((p.get("server_peak_rss_mb") or 0) for p in (occ, slow)) or None,
+        "machine": machine_info(),
+        "phases": phases,
+    }
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--client-worker":
+        url, token, count, slow, first, sample = argv[1:7]
+        asyncio.run(client_worker(url, token, int(count), int(slow), int(first), int(sample)))
+        return 0
+    if argv and argv[0] == "--publisher":
+        url, devices, interval, duration, storm, storm_at = argv[1:7]
+        publisher_worker(url, int(devices), float(interval), float(duration), int(storm), float(storm_at))
+        return 0
+    parser = argparse.ArgumentParser(prog="python -m bench.ws", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--procs", type=int, default=4, help="client processes")
+    parser.add_argument("--devices", type=int, default=5000)
+    parser.add_argument("--interval", type=float, default=10.0, help="mean seconds between readings per device")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of publishing per phase")
+    parser.add_argument("--slow", type=int, default=50)
+    parser.add_argument("--storm", type=int, default=200)
+    parser.add_argument("--phases", default="occ,occ+slow,naive,naive+slow")
+    args = parser.parse_args(argv)
+    opts = Options(clients=args.clients, procs=args.procs, devices=args.devices, interval=args.interval,
+                   duration=args.duration, slow=args.slow, storm=args.storm,
+                   phases=tuple(p for p in args.phases.split(",") if p))
+    result = run(opts)
+    print(json.dumps({k: v for k, v in result.items() if k != "phases"} | {"phases": result["phases"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
