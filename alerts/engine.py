@@ -85,6 +85,9 @@ class Engine:
         self.muting = Muting(timezone=timezone)
         self.now: float | None = None
         self.started: float | None = None
+        self.watermark: float | None = None
+        self._saved_watermark: float | None = None
+        """Newest event time fed (the clock of replays: `alerts.clock: event`)."""
         self._late_before = _NEG_INF
         self._changes: list[Change] = []
         self._incident_changes: list[IncidentChange] = []
@@ -308,6 +311,8 @@ class Engine:
         if seen is None or ts > seen:
             self._last_seen[device_id] = ts
             self._dirty.add("d:" + device_id)
+            if self.watermark is None or ts > self.watermark:
+                self.watermark = ts
         try:
             series = self._routes[(device_id, metric)]
         except KeyError:
@@ -355,6 +360,8 @@ class Engine:
                 self._composites(inst, ts, late)
 
     def feed_status(self, device_id: str, status: str, ts: float) -> None:
+        if self.watermark is None or ts > self.watermark:
+            self.watermark = ts
         insts = self._status_routes.get(device_id)
         if insts is None:
             device = self.devices.get(device_id)
@@ -378,6 +385,8 @@ class Engine:
                 self._composites(inst, ts, late)
 
     def feed_event(self, device_id: str, ts: float, event_type: str, data: Mapping[str, Any]) -> None:
+        if self.watermark is None or ts > self.watermark:
+            self.watermark = ts
         rules = self._event_rules.get(event_type)
         if not rules:
             return
@@ -459,6 +468,9 @@ class Engine:
         if self.now is not None and now < self.now:
             now = self.now
         self.now = now
+        if self.watermark != self._saved_watermark:
+            self._saved_watermark = self.watermark
+            self._dirty.add("m:engine")
         self._late_before = now - self.late_after_s
         for inst in list(self._live):
             if inst.hold_until is not None and now >= inst.hold_until:
@@ -555,10 +567,11 @@ class Engine:
                 if (joined and from_state in ("ok", "pending")) or state == "resolved" or joined:
                     if state == "resolved" and from_state == "pending":
                         continue
-                    key = f"{rule.name}|{inst.area or '_none'}"
+                    key = f"{rule.group.name or rule.name}|{inst.area or '_none'}"
                     change = self.incidents.update(
                         key, rule.name, inst.area, rule.group, inst.fingerprint, joined,
-                        out.transitions[-1].severity, ts, self.area_names.get(inst.area or "", inst.area or ""))
+                        out.transitions[-1].severity, ts, self.area_names.get(inst.area or "", inst.area or ""),
+                        member=inst.device_id)
                     if change is not None:
                         out.incidents.append(change)
                         self._dirty.add("g:incidents")
@@ -573,7 +586,7 @@ class Engine:
                     inst.muted = muted
                     reason = f"muted: {muted}" if muted else "no longer muted"
                     current: Snap = (inst.state, inst.severity, inst.level_idx, inst.value, inst.threshold,
-                                     inst.late, inst.started, inst.fired, inst.peak, inst.flapping)
+                                     inst.late, inst.started, inst.fired, inst.peak, inst.flapping, False)
                     out.transitions.append(self._transition(inst, labels, inst.state, inst.severity, current,
                                                             max(now, inst.last_ts), reason))
                     self._dirty.add(inst.key)
@@ -582,7 +595,7 @@ class Engine:
     def _transition(self, inst: Instance, labels: dict[str, Any], from_state: str, from_sev: int, snap: Snap,
                     ts: float, reason: str) -> Transition:
         rule = inst.rule
-        state, sev_now, level_idx, value, threshold, late, started, fired, peak, flapping = snap
+        state, sev_now, level_idx, value, threshold, late, started, fired, peak, flapping, trigger_late = snap
         device = self.devices.get(inst.device_id) if inst.device_id else None
         level = rule.levels[level_idx] if rule.levels else None
         if inst.ladder is not None and level is not None and rule.kind in LADDER_KINDS:
@@ -602,10 +615,9 @@ class Engine:
             "_attrs": device.attributes if device else {},
         }
         severity = max(1, sev_now or from_sev or (level.severity if level else 1))
-        announce = (
-            state == "firing" and not late and inst.muted is None and rule.group is None and (
-                from_state in ("ok", "pending") or severity > from_sev or reason == "confirmed by live data")
-        )
+        announce = state == "firing" and inst.muted is None and rule.group is None and (
+            (from_state in ("ok", "pending") and not late)
+            or (from_state == "firing" and severity > from_sev and not trigger_late))
         return Transition(
             fingerprint=inst.fingerprint, rule=rule.name, kind=rule.kind, device_id=inst.device_id, area=inst.area,
             labels={k: v for k, v in labels.items() if k not in ("rule", "kind", "device_id", "area", "level",
@@ -618,7 +630,8 @@ class Engine:
             message_en=render(rule.message_en, context, vietnamese=False),
             started_at=started, fired_at=fired, ts=ts, late=late, muted=inst.muted,
             flapping=flapping, reason=reason,
-            group_key=f"{rule.name}|{inst.area or '_none'}" if rule.group else None, announce=announce,
+            group_key=f"{rule.group.name or rule.name}|{inst.area or '_none'}" if rule.group else None,
+            announce=announce,
             device_name=device.name if device else "",
         )
 
@@ -668,7 +681,7 @@ class Engine:
         if kind == "g":
             return orjson.dumps(self.incidents.dump())
         if kind == "m":
-            return orjson.dumps({"started": self.started})
+            return orjson.dumps({"started": self.started, "watermark": self.watermark})
         return None
 
     def restore(self, state: Mapping[str, bytes]) -> None:
@@ -677,7 +690,9 @@ class Engine:
         for key, raw in state.items():
             data = orjson.loads(raw)
             kind, _, rest = key.partition(":")
-            if kind == "d":
+            if kind == "m":
+                self.watermark = data.get("watermark")
+            elif kind == "d":
                 self._last_seen[rest] = float(data)
             elif kind == "c":
                 self._comp_members[rest] = {(a, b) for a, b in data}

@@ -12,8 +12,8 @@ appended to `out` as (instance, from_state, from_severity, ts, reason) for the e
 * Flapping: `flap_threshold` openings/clearings (ok→active, firing↔recovering) within `flap_window` mark the
   episode flapping (muted); it then resolves only after a whole quiet `flap_window`.
 * An operator's manual resolve makes the instance stand down until its condition clears.
-* Late: an episode opened by old data is `late` (stored and shown, not announced); live data that keeps it
-  active confirms it (`late` clears, announced then).
+* Late: an episode opened by old data (backfill) is `late` for its whole life: stored and shown, never
+  announced as new. A rise in severity that live data causes is announced (that is new information).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from alerts.rules import Rule
 
 Change = tuple["Instance", str, int, float, str, "Snap"]
 # What the instance looked like right after a change: (state, severity, level_idx, value, threshold, late,
-# started, fired, peak, flapping). Several changes can happen before the engine collects them.
-Snap = tuple[str, int, int, "float | None", "float | None", bool, float, "float | None", int, bool]
+# started, fired, peak, flapping, trigger_late). Several changes can happen before the engine collects them.
+Snap = tuple[str, int, int, "float | None", "float | None", bool, float, "float | None", int, bool, bool]
 
 
 class Instance:
@@ -57,6 +57,7 @@ class Instance:
         "state",
         "suppressed",
         "threshold",
+        "trig_late",
         "value",
         "x",
     )
@@ -85,6 +86,7 @@ class Instance:
         self.value: float | None = None
         self.threshold: float | None = None
         self.late = False
+        self.trig_late = False  # whether the data behind the current change was old
         self.muted: str | None = None
         self.flapping = False
         self.flaps: list[float] = []
@@ -96,7 +98,7 @@ class Instance:
     # -- transitions -------------------------------------------------------------------------------------
     def _emit(self, from_state: str, from_sev: int, ts: float, reason: str) -> None:
         snap: Snap = (self.state, self.severity, self.level_idx, self.value, self.threshold, self.late,
-                      self.started, self.fired, self.peak, self.flapping)
+                      self.started, self.fired, self.peak, self.flapping, self.trig_late)
         self.out.append((self, from_state, from_sev, ts, reason, snap))
 
     def _fire(self, ts: float, reason: str) -> None:
@@ -121,6 +123,7 @@ class Instance:
             self.last_ts = ts
         if self.state != "ok":
             self.advance(ts)
+        self.trig_late = late
         self.idx = idx
         self.value = value
         self.threshold = threshold
@@ -154,8 +157,6 @@ class Instance:
                     self.severity = sev
                     self.level_idx = idx
                     self.peak = max(self.peak, sev)
-                if self.late and not late:
-                    self.late = False
             elif state == "firing":
                 if sev > self.severity:
                     prev_sev = self.severity
@@ -176,9 +177,6 @@ class Instance:
                 else:
                     self.lower_since = None
                     self.level_idx = idx
-                if self.late and not late:
-                    self.late = False
-                    self._emit("firing", self.severity, ts, "confirmed by live data")
             elif state == "recovering":
                 prev_sev = self.severity
                 self.state = "firing"
@@ -186,8 +184,6 @@ class Instance:
                 self.level_idx = idx
                 self.peak = max(self.peak, sev)
                 self.lower_since = None
-                if self.late and not late:
-                    self.late = False
                 self._flap(ts)
                 self._emit("recovering", prev_sev, ts, "condition returned")
         else:
@@ -210,6 +206,7 @@ class Instance:
     def advance(self, now: float) -> None:
         """Run the timers due at or before `now` (event time or the engine clock), in the order they fell due."""
         rule = self.rule
+        self.trig_late = False
         state = self.state
         if state == "pending":
             due = self.pending_since + rule.for_s

@@ -124,6 +124,9 @@ class GroupSpec:
     by: str = "area"
     title_vi: str = "{area_name}: {count} cảnh báo {rule}"
     title_en: str = "{area_name}: {count} × {rule}"
+    name: str = ""
+    """Rules sharing a group name share incidents (offline and silent cameras are one outage); counted per
+    device. Empty: the rule's own name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -585,13 +588,16 @@ def _select(raw: Any, err: Any) -> Select:
 def _group(raw: Any, lines: Lines, at: tuple[str | int, ...], err: Any) -> GroupSpec:
     if raw is True:
         return GroupSpec()
-    if not isinstance(raw, dict) or set(raw) - {"by", "title_vi", "title_en"}:
-        raise err("`group` takes by (area), title_vi and title_en", "group")
+    if not isinstance(raw, dict) or set(raw) - {"by", "name", "title_vi", "title_en"}:
+        raise err("`group` takes by (area), name, title_vi and title_en", "group")
+    name = raw.get("name", "")
+    if not isinstance(name, str) or (name and not ID_PATTERN.fullmatch(name)):
+        raise err("`group.name` must be an id", "group", "name")
     by = raw.get("by", "area")
     if by != "area":
         raise err("`group.by` supports area", "group", "by")
     default = GroupSpec()
-    spec = GroupSpec(by, raw.get("title_vi", default.title_vi), raw.get("title_en", default.title_en))
+    spec = GroupSpec(by, raw.get("title_vi", default.title_vi), raw.get("title_en", default.title_en), name)
     _check_template(spec.title_vi, err, "group")
     _check_template(spec.title_en, err, "group")
     return spec

@@ -64,16 +64,6 @@ def incident_topic(prefix: str, area: str | None) -> str:
     return f"{prefix}/_sys/incidents/{area or '_none'}"
 
 
-def scenario_clock(start: str, speed: float, anchor: float = 0.0) -> Callable[[], float]:
-    """Time control: a clock that reads `start` at wall time `anchor` (0 = now) and runs `speed`× faster."""
-    begin = datetime.fromisoformat(start)
-    if begin.tzinfo is None:
-        raise ConfigError(f"alerts.clock_start needs a UTC offset: {start!r}")
-    origin = begin.timestamp()
-    wall0 = anchor or time.time()
-    return lambda: origin + (time.time() - wall0) * speed
-
-
 class AlertsMetrics:
     def __init__(self, service: AlertsService) -> None:
         r = self.registry = Registry()
@@ -128,6 +118,7 @@ class AlertsService:
         timezone: str = "Asia/Ho_Chi_Minh",
         store_options: dict[str, Any] | None = None,
         clock: Callable[[], float] = time.time,
+        event_clock: bool = False,
     ) -> None:
         self.mqtt_url = mqtt_url
         self.database_url = database_url
@@ -150,6 +141,7 @@ class AlertsService:
         self.timezone = timezone
         self._store_options = store_options or {}
         self.clock = clock
+        self.event_clock = event_clock
         self.rules = rules if rules is not None else load_rules(rule_files(self.rules_dir))
         self.devices: dict[str, Any] = {}
         self.decoder = Decoder(self.catalog, self.devices, prefix=topic_prefix, local_tz=timezone,
@@ -183,9 +175,8 @@ class AlertsService:
             raise ConfigError("alerts needs database.url and mqtt.url (OCC_DATABASE_URL, OCC_MQTT_URL)")
         metrics_path = config.config_path / "metrics.yaml"
         areas_path = config.config_path / "areas.yaml"
-        clock: Callable[[], float] = time.time
-        if al.clock_start:
-            clock = scenario_clock(al.clock_start, al.clock_speed, al.clock_anchor)
+        if al.clock not in ("wall", "event"):
+            raise ConfigError(f"alerts.clock must be wall or event, got {al.clock!r}")
         options: dict[str, Any] = dict(
             mqtt_url=mqtt.url, database_url=db.url, client_id=al.client_id,
             rules_dir=al.rules_dir or config.config_path / "rules", topic_prefix=mqtt.topic_prefix,
@@ -194,7 +185,7 @@ class AlertsService:
             late_after_s=al.late_after_s, tick_s=al.tick_ms / 1000, linger_s=al.linger_ms / 1000,
             batch_max=al.batch_max, max_unacked=al.max_unacked, http_host=al.http_host, http_port=al.http_port,
             retry_max_s=al.retry_max_s, session_expiry_s=mqtt.session_expiry_s, keepalive_s=mqtt.keepalive_s,
-            timezone=config.site.timezone, clock=clock,
+            timezone=config.site.timezone, event_clock=al.clock == "event",
             store_options=dict(timescaledb=db.timescaledb, retention_days=db.retention_days,
                                compress_after_days=db.compress_after_days, partition_days=db.partition_days,
                                partitions_ahead=db.partitions_ahead, timezone=config.site.timezone),
@@ -403,7 +394,8 @@ class AlertsService:
             return
         self._last_silences = now
         try:
-            silences = await self.store.current_silences(to_datetime(self.clock()))
+            now = self.engine.now if self.event_clock and self.engine.now is not None else self.clock()
+            silences = await self.store.current_silences(to_datetime(now))
             windows = await self.store.list_maintenance()
         except StoreUnavailable:
             self.database_up = False
@@ -421,15 +413,22 @@ class AlertsService:
         engine = self.engine
         batch, self._inbox = self._inbox[: self.batch_max], self._inbox[self.batch_max:]
         out = Output()
-        tick = engine.tick(self.clock())
-        out.transitions.extend(tick.transitions)
-        out.incidents.extend(tick.incidents)
+        if not self.event_clock:
+            # Wall clock: tick first, so lateness is judged against the time the batch arrived.
+            tick = engine.tick(self.clock())
+            out.transitions.extend(tick.transitions)
+            out.incidents.extend(tick.incidents)
         if batch:
             self.metrics.received.inc(len(batch))
             self._feed(batch)
         fed = engine.take()
         out.transitions.extend(fed.transitions)
         out.incidents.extend(fed.incidents)
+        if self.event_clock and engine.watermark is not None:
+            # Event clock: time is the newest event time received; timers due by it run now.
+            tick = engine.tick(engine.watermark)
+            out.transitions.extend(tick.transitions)
+            out.incidents.extend(tick.incidents)
         state = engine.snapshot()
         if out or state:
             recorded = datetime.now(UTC)

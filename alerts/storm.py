@@ -135,19 +135,23 @@ class Incidents:
     offline" is one incident, not 30 pages). Fed member joins/leaves; yields incident changes."""
 
     def __init__(self) -> None:
-        self.members: dict[str, set[str]] = {}
+        self.members: dict[str, dict[str, set[str]]] = {}  # group key → member (device) → its fingerprints
         self.opened: dict[str, float] = {}
         self.peak: dict[str, int] = {}
         self.severity: dict[str, int] = {}
 
     def update(self, key: str, rule: str, area: str | None, spec: GroupSpec, fingerprint: str, joined: bool,
-               severity: int, ts: float, area_name: str) -> IncidentChange | None:
-        members = self.members.setdefault(key, set())
+               severity: int, ts: float, area_name: str, member: str | None = None) -> IncidentChange | None:
+        """`member` (the device) counts once however many of the group's rules fire for it."""
+        members = self.members.setdefault(key, {})
         before = len(members)
+        who = member or fingerprint
         if joined:
-            members.add(fingerprint)
-        else:
-            members.discard(fingerprint)
+            members.setdefault(who, set()).add(fingerprint)
+        elif who in members:
+            members[who].discard(fingerprint)
+            if not members[who]:
+                del members[who]
         count = len(members)
         if count == before and not (joined and severity > self.severity.get(key, 0)):
             return None
@@ -161,7 +165,7 @@ class Incidents:
         self.peak[key] = max(self.peak.get(key, 0), count)
         context = {"area_name": area_name, "area": area or "", "count": count, "rule": rule}
         change = IncidentChange(
-            group_key=key, rule=rule, area=area, state="open" if count else "resolved",
+            group_key=key, rule=spec.name or rule, area=area, state="open" if count else "resolved",
             severity=max(1, self.severity.get(key, 1)), members=count, peak_members=self.peak[key],
             title_vi=render(spec.title_vi, context, vietnamese=True),
             title_en=render(spec.title_en, context, vietnamese=False),
@@ -173,12 +177,12 @@ class Incidents:
         return change
 
     def dump(self) -> dict[str, Any]:
-        return {k: {"m": sorted(v), "o": self.opened.get(k), "p": self.peak.get(k, 0), "s": self.severity.get(k, 0)}
-                for k, v in self.members.items()}
+        return {k: {"m": {who: sorted(fps) for who, fps in v.items()}, "o": self.opened.get(k),
+                    "p": self.peak.get(k, 0), "s": self.severity.get(k, 0)} for k, v in self.members.items()}
 
     def load(self, data: Mapping[str, Any]) -> None:
         for k, v in data.items():
-            self.members[k] = set(v["m"])
+            self.members[k] = {who: set(fps) for who, fps in v["m"].items()}
             if v.get("o") is not None:
                 self.opened[k] = v["o"]
             self.peak[k] = v.get("p", 0)

@@ -94,12 +94,9 @@ class AlertsConfig:
     http_host: str = "127.0.0.1"
     http_port: int = 9102
     retry_max_s: float = 30.0
-    clock_start: str = ""
-    """Time control for demos and scenario tests: the engine's clock starts at this ISO time ..."""
-    clock_anchor: float = 0.0
-    """... at this wall-clock epoch second (0: when the service starts) ..."""
-    clock_speed: float = 1.0
-    """... and runs this many times faster than the wall clock (follow `occ simulate --speed`)."""
+    clock: str = "wall"
+    """wall: processing time is the wall clock. event: it is the newest event time received (replays, scenario
+    tests with `occ simulate --fast`): timers, deadman and lateness follow the data stream, never the wall."""
 
 
 @dataclass(frozen=True, slots=True)
