@@ -76,8 +76,11 @@ class Engine:
         units: Mapping[str, str] | None = None,
         kind_intervals: Mapping[str, float] | None = None,
         default_interval_s: float = 600.0,
+        event_clock: bool = False,
     ) -> None:
         self.late_after_s = late_after_s
+        self.event_clock = event_clock
+        """Lateness follows the watermark as it moves within a batch (replays), not only at ticks."""
         self.area_names = dict(area_names or {})
         self.units = dict(units or {})
         self.kind_intervals = dict(kind_intervals or {})
@@ -313,6 +316,8 @@ class Engine:
             self._dirty.add("d:" + device_id)
             if self.watermark is None or ts > self.watermark:
                 self.watermark = ts
+                if self.event_clock:
+                    self._late_before = ts - self.late_after_s
         try:
             series = self._routes[(device_id, metric)]
         except KeyError:
@@ -359,9 +364,13 @@ class Engine:
             if inst.active != was and inst.rule.name in self._refs:
                 self._composites(inst, ts, late)
 
-    def feed_status(self, device_id: str, status: str, ts: float) -> None:
-        if self.watermark is None or ts > self.watermark:
+    def feed_status(self, device_id: str, status: str, ts: float, *, clock: bool = True) -> None:
+        """`clock=False`: the time is not an event time (a bare status stamped on receipt); it must not move
+        the event-time watermark."""
+        if clock and (self.watermark is None or ts > self.watermark):
             self.watermark = ts
+            if self.event_clock:
+                self._late_before = ts - self.late_after_s
         insts = self._status_routes.get(device_id)
         if insts is None:
             device = self.devices.get(device_id)

@@ -210,7 +210,8 @@ class AlertsService:
         units = {name: spec.unit for name, spec in self.catalog.metrics.items()}
         intervals = {name: spec.report_interval_s for name, spec in self.catalog.kinds.items()}
         self.engine = Engine(self.rules, devices, late_after_s=self.late_after_s, timezone=self.timezone,
-                             area_names=self.area_names, units=units, kind_intervals=intervals)
+                             area_names=self.area_names, units=units, kind_intervals=intervals,
+                             event_clock=self.event_clock)
         state = await self._retry(self.store.load_engine_state)
         self.engine.restore(state)
         await self._refresh_silences(force=True)
@@ -420,7 +421,7 @@ class AlertsService:
             out.incidents.extend(tick.incidents)
         if batch:
             self.metrics.received.inc(len(batch))
-            self._feed(batch)
+            self._feed(batch, out)
         fed = engine.take()
         out.transitions.extend(fed.transitions)
         out.incidents.extend(fed.incidents)
@@ -448,12 +449,20 @@ class AlertsService:
         if self._pending_publishes:
             await self._mark_published()
 
-    def _feed(self, batch: list[Inbound]) -> None:
+    def _feed(self, batch: list[Inbound], out: Output) -> None:
+        """Feed a batch. On the event clock, time advances message by message, so timers of every instance
+        fall due in event-time order even when one batch spans hours of a replay."""
         assert self.engine is not None
         engine = self.engine
         decode = self.decoder.decode
         readings = 0
+        ticked = engine.now
         for message in batch:
+            if self.event_clock and engine.watermark is not None and engine.watermark != ticked:
+                ticked = engine.watermark
+                step = engine.tick(ticked)
+                out.transitions.extend(step.transitions)
+                out.incidents.extend(step.incidents)
             received_at = datetime.fromtimestamp(message.received, UTC)
             result = decode(message.topic, message.payload, received_at)
             if result.rejects:
@@ -464,7 +473,16 @@ class AlertsService:
             for event in result.events:
                 engine.feed_event(event.device_id, event.ts.timestamp(), event.type, event.data)
             if result.status is not None:
-                engine.feed_status(result.status.device_id, result.status.status, result.status.ts.timestamp())
+                ts = result.status.ts.timestamp()
+                stamped = self.event_clock and result.status.ts == received_at
+                if stamped:
+                    # A bare `online`/`offline` carries no event time (the decoder stamps the receive time);
+                    # on the event clock it happened "now" in the stream, not at the wall-clock time. Before
+                    # any event time is known there is no "now" to place it at.
+                    if engine.watermark is None:
+                        continue
+                    ts = engine.watermark
+                engine.feed_status(result.status.device_id, result.status.status, ts, clock=not stamped)
         self.metrics.readings.inc(readings)
 
     def _episode_write(self, t: Transition) -> EpisodeWrite:
