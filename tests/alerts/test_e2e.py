@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 
 from occ.catalog import Catalog
 from occ.devices import load_areas, load_devices
+from simulators.fleet import load_fleet
 from simulators.scenario import load_scenarios
 from simulators.timeutil import parse_timestamp
 from tests.alerts.helpers import ROOT, Recorder, running_alerts
@@ -95,7 +97,7 @@ async def test_bac_quang_flash_flood_raises_i_ii_iii_then_resolves_each_once(
     assert len(resolved) == 1 and rows[-1]["to_state"] == "resolved"
     assert not any(r["late"] for r in rows)
     # Inside the scenario's planned windows (`expect:` in config/scenarios/flash-flood-bac-quang.yaml).
-    specs = load_scenarios(["flash-flood-bac-quang"], CONFIG, Catalog.load(CONFIG / "metrics.yaml"))
+    specs = load_scenarios(["flash-flood-bac-quang"], CONFIG, load_fleet(config_dir=CONFIG).metrics)
     windows = {(x.check, x.level): (x.between[0].resolve(T0), x.between[1].resolve(T0))
                for spec in specs for x in spec.expects if x.device == "HG-BQ-WL01" and x.between}
     for rise in rises[:3]:
@@ -178,7 +180,5 @@ async def test_gsm_outage_backfill_announces_no_new_alert(
     assert offline and offline[0]["announce"] and not offline[0]["late"], "the live outage itself was announced"
 
 
-def _dt(ts: float):  # type: ignore[no-untyped-def]
-    from datetime import UTC, datetime
-
+def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
