@@ -158,7 +158,8 @@ def _print_status(info: dict[str, Any]) -> None:
     print(f"readings:    oldest {info.get('oldest_reading')}  newest {info.get('newest_reading')}")
     print("tables:")
     for name, size in sorted(info.get("tables", {}).items()):
-        print(f"  {name:<28} ~{size.get('rows_estimate', 0):>11} rows  {size.get('bytes', 0) / 1e6:>10.1f} MB")
+        rows, about = size.get("rows", size.get("rows_estimate", 0)), "" if size.get("exact") else "~"
+        print(f"  {name:<28} {about:>1}{rows:>11} rows  {size.get('bytes', 0) / 1e6:>10.1f} MB")
 
 
 async def _devices_command(config: Config, args: argparse.Namespace) -> int:

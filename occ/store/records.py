@@ -84,4 +84,31 @@ class MaintenanceReport:
     rollup_rows_deleted: int = 0
     pending_hours: int = 0
     """Dirty hours left for a later run (too recent, or the time budget ran out)."""
+    pending_days: int = 0
+    """Days waiting for their hours (today, until it ends), or for the next run."""
+    elapsed_s: float = 0.0
     errors: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        """A report for people (`occ db maintain`), one fact per line."""
+        if self.skipped:
+            return "maintenance skipped: another process is running it right now (try again in a minute)"
+        lines = [
+            f"maintenance done in {self.elapsed_s:.1f} s",
+            f"  rollups: {_count(self.hours_refreshed, 'hour')} and {_count(self.days_refreshed, 'day')} refreshed; "
+            f"{_count(self.pending_hours, 'hour')} and {_count(self.pending_days, 'day')} pending "
+            "(not yet complete, or left for the next run)",
+        ]
+        if self.partitions_created or self.partitions_dropped or self.default_rows_relocated:
+            lines.append(
+                f"  partitions: {self.partitions_created} created, {self.partitions_dropped} dropped past retention, "
+                f"{_count(self.default_rows_relocated, 'row')} moved out of the default partition"
+            )
+        if self.rollup_rows_deleted:
+            lines.append(f"  retention: {_count(self.rollup_rows_deleted, 'expired 1-minute rollup row')} deleted")
+        lines += [f"  postponed: {error}" for error in self.errors]
+        return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -52,6 +52,7 @@ class RefreshResult:
     hours: int = 0
     days: int = 0
     pending_hours: int = 0
+    pending_days: int = 0
     dropped: int = 0
 
 
@@ -81,7 +82,11 @@ async def refresh(
     batch_hours: int = 24,
 ) -> RefreshResult:
     """Refresh dirty hours (oldest first) and then days whose hours are all clean, until done or `deadline`
-    (a time.monotonic() value) passes. The caller holds the maintenance advisory lock."""
+    (a time.monotonic() value) passes. The caller holds the maintenance advisory lock.
+
+    Each call refreshes at least one batch of hours and then at least one batch of days, whatever the deadline:
+    a backlog of hours that takes the whole budget (a backfill, a slow disk) must not starve the days, or daily
+    rollups would never complete while data keeps arriving (issue 9 item 7)."""
     result = RefreshResult()
     if retention_cutoff is not None:
         # Raw data before the cutoff is gone (or going): recomputing would only erase good rollups.
@@ -90,7 +95,9 @@ async def refresh(
         status = await conn.execute("DELETE FROM rollup_dirty_days WHERE day < $1", retention_cutoff)
         result.dropped += int(status.split()[-1])
     ready_before = now - grace - HOUR
-    while time.monotonic() < deadline:
+    first = True
+    while first or time.monotonic() < deadline:
+        first = False
         rows = await conn.fetch(
             "SELECT bucket, array_agg(id) AS ids FROM rollup_dirty WHERE bucket <= $1 "
             "GROUP BY bucket ORDER BY bucket LIMIT $2",
@@ -115,7 +122,9 @@ async def refresh(
                 days,
             )
         result.hours += len(hours)
-    while time.monotonic() < deadline:
+    first = True
+    while first or time.monotonic() < deadline:
+        first = False
         rows = await conn.fetch(
             "SELECT d.day FROM rollup_dirty_days AS d WHERE NOT EXISTS ("
             " SELECT 1 FROM rollup_dirty AS h WHERE h.bucket >= d.day"
@@ -136,4 +145,5 @@ async def refresh(
             await conn.execute("DELETE FROM rollup_dirty_days WHERE day = ANY($1::timestamptz[])", days)
         result.days += len(days)
     result.pending_hours = await conn.fetchval("SELECT count(DISTINCT bucket) FROM rollup_dirty")
+    result.pending_days = await conn.fetchval("SELECT count(*) FROM rollup_dirty_days")
     return result

@@ -402,3 +402,46 @@ async def test_retention_drops_old_partitions(store: Store, database_url: str) -
         assert await conn.fetchval("SELECT min(lo) FROM readings_partitions") > now - timedelta(days=38)
     finally:
         await conn.close()
+
+
+async def test_daily_rollups_complete_while_data_keeps_arriving(store: Store, database_url: str) -> None:
+    """Issue 9 item 7: with a reading and a maintenance run every 10 minutes (ingest maintains every 5), a local
+    day is rolled up a few minutes after it ends, although the current hour is always dirty."""
+    start = datetime(2026, 10, 20, 22, 0, tzinfo=VN)  # two hours before local midnight
+    await store.write_batch(series("st1", start - timedelta(hours=22), 22, step_min=10), received_at=start)
+    completed: dict[datetime, datetime] = {}
+    for step in range(0, 3 * 6):  # 22:00 .. 00:50, data arriving all the time
+        now = start + timedelta(minutes=10 * step)
+        await store.write_batch([("st1", "rain_mm", now - timedelta(seconds=30), 1.0, 0)], received_at=now)
+        report = await store.maintain(now=now)
+        if report.days_refreshed:
+            for row in await _rows(database_url, "SELECT bucket FROM readings_1d ORDER BY bucket"):
+                completed.setdefault(row["bucket"], now)
+    day = datetime(2026, 10, 20, tzinfo=VN)
+    # Rolled up once its last hour is `rollup_grace` (2 min) past its end: at the first maintenance after 00:02.
+    assert completed == {day: datetime(2026, 10, 21, 0, 10, tzinfo=VN)}
+    [row] = await _rows(database_url, "SELECT bucket, cnt FROM readings_1d")
+    assert row["cnt"] == 22 * 6 + 13  # every reading of the day: the backfill and 21:59:30 .. 23:59:30
+
+
+async def _rows(url: str, sql: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(url)
+    try:
+        return list(await conn.fetch(sql))
+    finally:
+        await conn.close()
+
+
+async def test_every_maintenance_makes_progress_on_hours_and_days(store: Store) -> None:
+    """A maintenance run whose time budget is used up by a backlog of hours must still roll up the days that are
+    ready: otherwise, while data keeps arriving faster than hours are refreshed, readings_1d stays empty."""
+    now = datetime(2026, 10, 23, 12, 0, tzinfo=VN)
+    await store.write_batch(series("st1", datetime(2026, 10, 20, tzinfo=VN), 72, step_min=30), received_at=now)
+    days_done = 0
+    for run in range(4):
+        now += timedelta(minutes=5)
+        await store.write_batch([("st1", "rain_mm", now - timedelta(seconds=1), 1.0, 0)], received_at=now)
+        report = await store.maintain(now=now, budget_s=0)  # the budget is always already spent
+        assert report.hours_refreshed > 0 or report.pending_hours <= 1, (run, report)
+        days_done += report.days_refreshed
+    assert days_done == 3  # 20, 21 and 22 October; the 23rd is still being written

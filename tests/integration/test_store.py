@@ -364,6 +364,28 @@ async def test_status_and_ping(store: Store) -> None:
     assert info["settings"]["retention_days"] == "730"
 
 
+async def test_status_counts_small_tables_exactly(store: Store) -> None:
+    """Issue 9 item 7: right after an import (no ANALYZE yet) the planner's estimate for devices is 0."""
+    await store.upsert_devices([Device(f"HG-{i:03d}", "hydromet") for i in range(135)])
+    await store.write_batch(rows_at(T0, 7), received_at=T0)
+    tables = (await store.status())["tables"]
+    assert (tables["devices"]["rows"], tables["devices"]["exact"]) == (135, True)
+    assert (tables["readings"]["rows"], tables["readings"]["exact"]) == (7, True)
+    assert tables["latest"]["rows"] == 1
+
+
+async def test_maintenance_report_reads_as_text(store: Store) -> None:
+    await store.write_batch(rows_at(T0, 5), received_at=T0)
+    report = await store.maintain(now=T0 + timedelta(days=2))
+    text = str(report)
+    assert "MaintenanceReport(" not in text
+    lines = text.splitlines()
+    assert lines[0].startswith("maintenance done in ") and lines[0].endswith(" s")
+    assert lines[1] == "  rollups: 1 hour and 1 day refreshed; 0 hours and 0 days pending " \
+        "(not yet complete, or left for the next run)"
+    assert str(dataclasses.replace(report, skipped=True)).startswith("maintenance skipped: another process")
+
+
 # --- the database going away ---------------------------------------------------------------------------------
 
 
