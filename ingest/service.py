@@ -2,7 +2,11 @@
 
 Pipeline, all on one asyncio loop:
 
-    socket ─▶ paho (buffered reads) ─▶ IngestFlow ─▶ decode ─▶ writers ─▶ Store.write_batch ─▶ IngestFlow ─▶ ack
+    socket ─▶ occ.mqtt (bulk parse) ─▶ IngestFlow ─▶ decode ─▶ writers ─▶ Store.write_batch ─▶ IngestFlow ─▶ ack
+
+The MQTT receive path is `occ.mqtt` (transport "native", the default: one large read parsed in bulk, the acks
+of a committed batch in one write) or paho through `occ.bus` (transport "paho", the fallback); both deliver
+the same `Delivery` handles and take the same ack/pause/resume calls.
 
 Every decision — when to flush a batch, in which order to acknowledge, when to stop and resume reading, when
 and how to retry a write, when to isolate a poison message — is taken by the pure core `ingest.flow.IngestFlow`
@@ -59,10 +63,12 @@ from occ.bus import Delivery, MqttClient
 from occ.catalog import Catalog
 from occ.codecs import Decoder
 from occ.config import Config
-from occ.errors import StoreUnavailable
+from occ.errors import ConfigError, StoreUnavailable
 from occ.http import start_health_server
 from occ.metrics import Registry
 from occ.models import DeadLetter, Decoded, Event, ReadingRow, RejectCode, StatusChange
+from occ.mqtt.protocol import Publish
+from occ.mqtt.transport import MqttSubscriber
 from occ.store import Store, WriteResult
 
 log = logging.getLogger(__name__)
@@ -75,6 +81,7 @@ POISON_ATTEMPTS = 3
 """A batch that fails this often with an error that is not an outage is written message by message, so one
 message the database refuses goes to dead letters instead of blocking the stream."""
 MAINTENANCE_EVERY_S = 300.0
+TRANSPORTS = ("native", "paho")
 
 
 @dataclass(slots=True)
@@ -165,9 +172,13 @@ class IngestService:
         pool_size: int = 4,
         writers: int = 2,
         drain_quiet_s: float = 1.0,
+        transport: str = "native",
         store_options: dict[str, Any] | None = None,
         catalog: Catalog | None = None,
     ) -> None:
+        if transport not in TRANSPORTS:
+            raise ConfigError(f"ingest.transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+        self.transport = transport
         self.mqtt_url = mqtt_url
         self.database_url = database_url
         self.client_id = client_id
@@ -197,7 +208,7 @@ class IngestService:
         self._store_options = store_options or {}
         self._drain_quiet_s = drain_quiet_s
         self.store: Store | None = None
-        self.bus: MqttClient | None = None
+        self.bus: MqttClient | MqttSubscriber | None = None
         self.database_up = False
         self.writers = writers
         # Both queues are bounded by the flow (at most `max_batches` batches are out); never full.
@@ -235,6 +246,7 @@ class IngestService:
             max_past_s=ing.max_past_days * 86400, auto_register=ing.auto_register, local_tz=config.site.timezone,
             http_host=ing.http_host, http_port=ing.http_port, retry_max_s=ing.retry_max_s,
             session_expiry_s=mqtt.session_expiry_s, keepalive_s=mqtt.keepalive_s, pool_size=db.pool_size,
+            transport=ing.transport,
             store_options=dict(timescaledb=db.timescaledb, retention_days=db.retention_days,
                                compress_after_days=db.compress_after_days, partition_days=db.partition_days,
                                partitions_ahead=db.partitions_ahead, timezone=config.site.timezone),
@@ -261,10 +273,16 @@ class IngestService:
                 self.metrics.registry, self.health, host=self.http_host, port=self.http_port)
         self.store = await self._connect_store()
         await self._refresh_registry()
-        self.bus = MqttClient(
-            self.mqtt_url, client_id=self.client_id, on_message=self._on_message, manual_ack=True,
-            clean_start=False, session_expiry_s=self._session_expiry_s, keepalive_s=self._keepalive_s,
-        )
+        if self.transport == "native":
+            self.bus = MqttSubscriber(
+                self.mqtt_url, client_id=self.client_id, on_publishes=self._on_publishes, clean_start=False,
+                session_expiry_s=self._session_expiry_s, keepalive_s=self._keepalive_s,
+            )
+        else:
+            self.bus = MqttClient(
+                self.mqtt_url, client_id=self.client_id, on_message=self._on_message, manual_ack=True,
+                clean_start=False, session_expiry_s=self._session_expiry_s, keepalive_s=self._keepalive_s,
+            )
         if subscribe:
             for topic in self.topics:
                 self.bus.subscribe(topic, qos=1)
@@ -461,6 +479,21 @@ class IngestService:
             if actions:
                 self._apply(actions)
         except Exception as exc:  # called by paho from a reader callback: no task would see it
+            self.crashed(exc, "receive")
+
+    def _on_publishes(self, publishes: list[Publish], generation: int) -> None:
+        """The native transport's bulk hand-over: every PUBLISH of one socket read, in arrival order."""
+        try:
+            received = time.time()
+            self._last_received = time.monotonic()
+            flow_received = self.flow.received
+            for p in publishes:
+                payload = bytes(p.payload)  # the read buffer is shared by the whole read: keep only this message
+                item = Inbound(p.topic, payload, received, Delivery(p.packet_id, 1, generation) if p.qos else None)
+                actions = flow_received(item, len(payload))
+                if actions:
+                    self._apply(actions)
+        except Exception as exc:  # called from the transport's data callback: no task would see it
             self.crashed(exc, "receive")
 
     async def _decode_loop(self) -> None:

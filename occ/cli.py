@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "task crashed (restart it: the broker redelivers what was not acknowledged).")
     ingest.add_argument("--drain", action="store_true",
                         help="drain the session of this client id (a worker that is gone) and exit")
+    ingest.add_argument("--transport", choices=("native", "paho"),
+                        help="MQTT receive path (ingest.transport; default native, paho is the fallback)")
 
     db = sub.add_parser("db", help="database schema and status")
     db_sub = db.add_subparsers(dest="db_command", required=True)
@@ -93,6 +95,8 @@ def _flags(args: argparse.Namespace) -> dict[str, str]:
         flags["mqtt.url"] = args.mqtt_url
     if args.log_level:
         flags["log_level"] = args.log_level
+    if getattr(args, "transport", None):
+        flags["ingest.transport"] = args.transport
     return flags
 
 

@@ -76,6 +76,8 @@ class IngestConfig:
     http_host: str = "127.0.0.1"
     http_port: int = 9101
     retry_max_s: float = 30.0
+    transport: str = "native"
+    """MQTT receive path: "native" (occ.mqtt, the default) or "paho" (occ.bus, the fallback)."""
 
 
 @dataclass(frozen=True, slots=True)

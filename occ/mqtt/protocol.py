@@ -552,24 +552,29 @@ class MqttClientProtocol:
         return events
 
     def tick(self) -> float | None:
-        """Keepalive (§3.1.2.10): PINGREQ when nothing was sent for a keepalive period, and a close when the
-        PINGRESP has not come back within another. Returns when to call again (clock time), None if never."""
+        """Keepalive (§3.1.2.10): PINGREQ when nothing was sent for a keepalive period, and a close when a
+        PINGRESP has not come back within another. While the transport does not read (`reading_paused`), a
+        PINGRESP cannot be seen, so none is awaited, but PINGREQs still go out: the broker must keep hearing
+        from us (it closes a silent connection after 1.5 keepalive periods, §3.1.2.10).
+        Returns when to call again (clock time), None if never."""
         if self._state is not State.CONNECTED or not self.keepalive_s:
             return None
         now = self._clock()
         keepalive = self.keepalive_s
         if self._ping_sent_at is not None:
             if self.reading_paused:
-                self._ping_sent_at = now  # we are not reading: a late PINGRESP proves nothing
+                self._ping_sent_at = now  # judged again only once reading resumes
             elif now - self._ping_sent_at >= keepalive:
                 self._fail(MqttProtocolError(f"no PINGRESP within {keepalive} s", KEEP_ALIVE_TIMEOUT))
                 return None
-            return min(self._ping_sent_at, self._last_sent) + keepalive
         if now - self._last_sent >= keepalive:
             self._send(_PINGREQ)
-            self._ping_sent_at = now
-            return now + keepalive
-        return self._last_sent + keepalive
+            if self._ping_sent_at is None:
+                self._ping_sent_at = now
+        deadline = self._last_sent + keepalive
+        if self._ping_sent_at is not None:
+            deadline = min(deadline, self._ping_sent_at + keepalive)
+        return deadline
 
     # -- incoming -----------------------------------------------------------------------------------------------
     def receive_data(self, data: bytes) -> list[Publish]:

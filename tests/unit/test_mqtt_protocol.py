@@ -372,11 +372,17 @@ def test_acks_count_as_traffic_and_paused_reading_is_not_a_timeout() -> None:
     clock.now = 1019.0
     proto.tick()
     assert proto.data_to_send() == b"\xc0\x00"
-    proto.reading_paused = True
+    proto.reading_paused = True  # no PINGRESP can be read now: none is awaited, but pings keep going out
     for step in range(1, 10):
         clock.now = 1019.0 + 10 * step
-        proto.tick()
+        assert proto.tick() == clock.now + 10
+        assert proto.data_to_send() == b"\xc0\x00"
     assert proto.state is State.CONNECTED
+    proto.reading_paused = False
+    clock.now += 5
+    proto.tick()
+    clock.now += 5
+    assert proto.tick() is None and proto.failure is not None  # judged again once reading resumed
 
 
 def test_server_keep_alive_replaces_ours_and_zero_disables() -> None:
