@@ -1,8 +1,13 @@
 """Ingest benchmark: sustained MQTT → PostgreSQL throughput and publish→commit latency, with the naive
 baseline and the C-tool limits of this machine measured in the same run (see bench/README.md).
 
-    python -m bench.ingest            # full run, ~2–3 minutes
-    python -m bench.ingest --quick    # smoke run, ~1 minute
+    python -m bench.ingest                        # full run: native and paho receive paths, 1 worker
+    python -m bench.ingest --workers 1,2 --quick  # both paths with one and with two workers, short phases
+
+Each variant (receive path × worker count) runs (a) single-reading and (b) ten-reading throughput, reports the
+ingest processes' CPU µs per message / per reading over the measured window, then checks that (a) is a rate the
+stack sustains at a fixed publish rate ("sustain") and measures publish→commit latency at half of the sustained
+rate. All variants, the C tools and the baseline run in the same run, so their ratios compare like with like.
 
 Everything runs on this machine: an embedded PostgreSQL (durable, as in production) and an embedded Mosquitto
 in a temporary folder under /tmp (or OCC_BENCH_DATABASE_URL / OCC_BENCH_MQTT_URL), the ingest as its own
@@ -62,6 +67,9 @@ POLL_INTERVAL_S = 0.005
 # is saturated (its own bound is 50,000 unacknowledged) while the broker's backlog, and the drain at the
 # end, stay bounded. Without it the publishers outrun the ingest ~10× and the broker queues millions.
 BACKLOG_MESSAGES = 80_000
+# --foreign-load: a duty-cycled busy loop (fraction of a core in argv[1]), another tenant of a shared machine
+FOREIGN_LOAD = ("import sys, time\nd = float(sys.argv[1])\nwhile True:\n    t = time.perf_counter()\n"
+                "    while time.perf_counter() - t < 0.01 * d:\n        pass\n    time.sleep(0.01 * (1 - d))\n")
 OTHER_LOAD_WARN_PCT = 25  # % of a core used by other work during a window that makes the run suspect
 CPU_MARK_EARLY_S = 0.6  # the second CPU snapshot is taken this long before the publishers stop
 PHASES = ("copy", "sub", "single", "batched", "latency", "baseline", "backfill")
@@ -93,6 +101,10 @@ class Options:
     publishers: int = 2
     devices: int = 1000  # per publisher
     workers: int = 1
+    """Worker count of the primary variant (the first of `worker_counts`); the backfill and baseline use it."""
+    worker_counts: tuple[int, ...] = (1,)
+    transports: tuple[str, ...] = ("native", "paho")
+    foreign_load: float = 0.0
     backfill_messages: int = 200_000
     latency_s: float = 20.0
     baseline_s: float = 10.0
@@ -110,8 +122,13 @@ class Options:
         p.add_argument("--duration", type=float, help="seconds of publishing per throughput scenario (20)")
         p.add_argument("--publishers", type=int, default=2, help="publisher processes (2)")
         p.add_argument("--devices", type=int, default=1000, help="devices per publisher (1000)")
-        p.add_argument("--workers", type=int, default=1,
-                       help="ingest processes; >1 share one MQTT 5 shared subscription (1)")
+        p.add_argument("--workers", default="1",
+                       help="ingest processes per variant, comma-separated (e.g. 1,2); >1 share one MQTT 5 shared "
+                            "subscription (1)")
+        p.add_argument("--transports", default="native,paho",
+                       help="ingest receive paths to compare, comma-separated (native,paho); the first is primary")
+        p.add_argument("--foreign-load", type=float, default=0.0,
+                       help="fraction of one core burnt by a busy process during the latency runs (e.g. 0.33)")
         p.add_argument("--backfill-messages", type=int, help="messages in the backfill burst (200000)")
         p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, data)")
         p.add_argument("--profile-dir", help="run the ingest under cProfile and write its stats here")
@@ -122,8 +139,18 @@ class Options:
         phases = frozenset(x.strip() for x in a.phases.split(",") if x.strip())
         if not phases <= set(PHASES):
             p.error(f"unknown phase(s): {', '.join(sorted(phases - set(PHASES)))}")
-        o = cls(quick=a.quick, publishers=a.publishers, devices=a.devices, workers=a.workers, keep=a.keep,
-                profile_dir=a.profile_dir, phases=phases, latency_rate=a.latency_rate)
+        try:
+            worker_counts = tuple(int(w) for w in a.workers.split(",") if w.strip())
+        except ValueError:
+            p.error(f"--workers expects numbers like 1 or 1,2, got {a.workers!r}")
+        transports = tuple(t.strip() for t in a.transports.split(",") if t.strip())
+        if not worker_counts or min(worker_counts) < 1:
+            p.error("--workers needs at least one count ≥ 1")
+        if not transports or not set(transports) <= {"native", "paho"}:
+            p.error(f"--transports expects native and/or paho, got {a.transports!r}")
+        o = cls(quick=a.quick, publishers=a.publishers, devices=a.devices, workers=worker_counts[0], keep=a.keep,
+                profile_dir=a.profile_dir, phases=phases, latency_rate=a.latency_rate, worker_counts=worker_counts,
+                transports=transports, foreign_load=max(0.0, min(1.0, a.foreign_load)))
         if a.quick:
             o.duration, o.warmup, o.backfill_messages, o.latency_s = 8.0, 3.0, 30_000, 6.0
             o.baseline_s, o.copy_rows, o.sub_messages = 5.0, 200_000, 50_000
@@ -155,7 +182,7 @@ class IngestProcess:
     """One `python -m occ.cli ingest` child with its /metrics and /healthz."""
 
     def __init__(self, index: int, *, database_url: str, mqtt_url: str, shared: bool, log_path: Path,
-                 profile_path: Path | None) -> None:
+                 profile_path: Path | None, transport: str = "native", tag: str = "") -> None:
         self.port = free_port()
         self.log_path = log_path
         self.profile_path = profile_path
@@ -163,10 +190,11 @@ class IngestProcess:
         self.env.update({
             "OCC_DATABASE_URL": database_url,
             "OCC_MQTT_URL": mqtt_url,
-            "OCC_INGEST__CLIENT_ID": f"{INGEST_CLIENT_ID}-{index}",
+            "OCC_INGEST__CLIENT_ID": f"{INGEST_CLIENT_ID}{tag}-{index}",
             "OCC_INGEST__HTTP_PORT": str(self.port),
             "OCC_INGEST__SHARED": "true" if shared else "false",
-            "OCC_INGEST__SHARE_GROUP": "bench-ingest",
+            "OCC_INGEST__SHARE_GROUP": f"bench-ingest{tag}",
+            "OCC_INGEST__TRANSPORT": transport,
             "XDG_RUNTIME_DIR": str(log_path.parent),
         })
         self.process: asyncio.subprocess.Process | None = None
@@ -302,8 +330,9 @@ class Bench:
         if self.pg:
             self.pg.stop()
 
-    def _discard_ingest_sessions(self) -> None:
-        """On an external broker, drop the persistent sessions this run left (their queues and subscriptions)."""
+    def _discard_ingest_sessions(self, client_ids: Sequence[str] = ()) -> None:
+        """Drop persistent ingest sessions (their queues and subscriptions): those of a finished variant, or on an
+        external broker those of the primary variant at the end of the run."""
         import paho.mqtt.client as paho
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
@@ -311,9 +340,8 @@ class Bench:
         from occ.bus import BrokerAddress
 
         address = BrokerAddress.parse(self.mqtt_url)
-        for index in range(self.o.workers):
-            client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"{INGEST_CLIENT_ID}-{index}",
-                                 protocol=paho.MQTTv5)
+        for client_id in client_ids or [f"{INGEST_CLIENT_ID}-{index}" for index in range(self.o.workers)]:
+            client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 0
             with contextlib.suppress(OSError):
@@ -373,18 +401,21 @@ class Bench:
             await conn.close()
 
     # -- ingest -----------------------------------------------------------------------------------------
-    async def start_ingest(self) -> float:
+    async def start_ingest(self, *, workers: int | None = None, transport: str | None = None, tag: str = "") -> float:
+        """Start the ingest workers of a variant (default: the primary one, whose sessions the backfill uses)."""
         assert self.http is not None
         self.ingests = []
-        shared = self.o.workers > 1
-        for index in range(self.o.workers):
+        workers = workers or self.o.workers
+        transport = transport or self.o.transports[0]
+        shared = workers > 1
+        for index in range(workers):
             profile = None
             if self.o.profile_dir:
                 Path(self.o.profile_dir).mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
-                profile = Path(self.o.profile_dir) / f"ingest-{self.ingest_starts}-{index}.prof"
+                profile = Path(self.o.profile_dir) / f"ingest{tag}-{self.ingest_starts}-{index}.prof"
             self.ingests.append(IngestProcess(index, database_url=self.db_url, mqtt_url=self.mqtt_url,
-                                              shared=shared, log_path=self.work / f"ingest-{index}.log",
-                                              profile_path=profile))
+                                              shared=shared, log_path=self.work / f"ingest{tag}-{index}.log",
+                                              profile_path=profile, transport=transport, tag=tag))
         self.ingest_starts += 1
         ready = await asyncio.gather(*(i.start(self.http) for i in self.ingests))
         return max(ready)
@@ -663,6 +694,15 @@ class Bench:
             publisher_cpu_us_per_msg=1e6 * sum(r["cpu_s"] for r in results) / max(1, sent),
         )
         phase.cpu = self.cpu_split(marks)
+        ingest_cpu = sum(v for k, v in phase.cpu.items() if k.startswith("ingest"))
+        if ingest_cpu and rate == rate and rate > 0:
+            # CPU of the ingest processes over the window, per unit committed over (about) the same window
+            phase.figures.update(ingest_cpu_pct=ingest_cpu,
+                                 ingest_cpu_us_per_msg=1e4 * ingest_cpu / (rate / per_message),
+                                 ingest_cpu_us_per_reading=1e4 * ingest_cpu / rate)
+            log(f"({shape}) ingest CPU {ingest_cpu:.0f} % of a core = "
+                f"{phase.figures['ingest_cpu_us_per_msg']:.1f} µs per message, "
+                f"{phase.figures['ingest_cpu_us_per_reading']:.1f} µs per reading")
         log(f"({shape}) committed {rate:,.0f} readings/s = {rate / per_message:,.0f} msg/s over "
             f"[{self.o.warmup:.0f} s, {self.o.duration:.0f} s] ({overall:,.0f} readings/s from first publish to "
             f"last commit); published {published_rate:,.0f} msg/s; "
@@ -672,10 +712,11 @@ class Bench:
             f"CPU % of a core: {fmt_cpu(phase.cpu)}")
         return phase
 
-    async def latency(self, rate: float) -> Phase:
+    async def latency(self, rate: float, label: str = "latency") -> Phase:
         """A fixed-rate load at `rate` msg/s plus a probe every 20 ms whose timestamp is its publish time;
-        commit time is when the probe's reading is first visible to a query polled every 5 ms."""
-        phase = Phase("latency")
+        commit time is when the probe's reading is first visible to a query polled every 5 ms. With
+        `--foreign-load`, a busy process burns that fraction of a core meanwhile (other tenants of the box)."""
+        phase = Phase(label)
         await self.truncate()
         duration = self.o.latency_s
         before, _ = await self.ingest_counters()
@@ -717,8 +758,20 @@ class Bench:
         t1, t2 = start_at + min(2.0, duration / 4), start_at + duration
         marks: dict[float, dict[str, float]] = {t1: {}, t2 - CPU_MARK_EARLY_S: {}}  # publishers still alive
         samples: list[Sample] = []
+        foreign = None
+        if self.o.foreign_load > 0:
+            foreign = await asyncio.create_subprocess_exec(sys.executable, "-c", FOREIGN_LOAD, str(self.o.foreign_load),
+                                                           stdin=subprocess.DEVNULL)
+        pids = self.cpu_pids(publishers)
+        if foreign is not None:
+            pids["foreign"] = foreign.pid
         collecting = asyncio.ensure_future(self.collect([*publishers, probe]))
-        await self.sample_until(collecting, samples, marks, self.cpu_pids(publishers))
+        try:
+            await self.sample_until(collecting, samples, marks, pids)
+        finally:
+            if foreign is not None:
+                foreign.kill()
+                await foreign.wait()
         results = collecting.result()
         probe_result = results[-1]
         loaded = results[:-1]
@@ -743,7 +796,7 @@ class Bench:
         )
         phase.cpu = self.cpu_split(marks)
         f = phase.figures
-        log(f"(latency) at {rate:,.0f} msg/s offered ({f['achieved_publish_msgs_per_s']:,.0f} published, "
+        log(f"({label}) at {rate:,.0f} msg/s offered ({f['achieved_publish_msgs_per_s']:,.0f} published, "
             f"{committed_rate:,.0f} committed): publish→commit "
             f"p50 {f['p50_commit_ms']:.1f} ms, p90 {f['p90_commit_ms']:.1f} ms, p99 {f['p99_commit_ms']:.1f} ms, "
             f"max {f['max_commit_ms']:.1f} ms over {len(measured)} probes (of ~{sent_after_t1} sent after the "
@@ -864,22 +917,12 @@ class Bench:
             log("C-tool limit: mosquitto_sub")
             self.phases["mosquitto_sub"] = await self.mosquitto_sub()
         await self.prepare_schema()
-        if want & {"single", "batched", "latency"}:
-            await self.start_ingest()
-            log(f"ingest running (pid {', '.join(str(i.pid) for i in self.ingests)})")
-        if "single" in want:
-            log(f"(a) one reading per message, {o.duration:.0f} s at maximum rate")
-            self.phases["single"] = await self.throughput("single")
-        if "batched" in want:
-            log(f"(b) ten readings per message, {o.duration:.0f} s at maximum rate")
-            self.phases["batched"] = await self.throughput("batched")
-        if "latency" in want:
-            rate = o.latency_rate or (self.phases["single"].figures["msgs_per_s"] / 2 if "single" in self.phases
-                                      else 5000.0)
-            log(f"latency at {'half of (a)' if not o.latency_rate else 'the given rate'}: {rate:,.0f} msg/s for "
-                f"{o.latency_s:.0f} s, probe every {PROBE_INTERVAL_S * 1000:.0f} ms")
-            self.phases["latency"] = await self.latency(rate)
-        await self.stop_ingest()
+        primary = (o.worker_counts[0], o.transports[0])
+        variants = [(w, t) for w in o.worker_counts for t in o.transports if (w, t) != primary]
+        variants.append(primary)  # last, so its sessions are the ones the backfill finds
+        for workers, transport in variants:
+            if want & {"single", "batched", "latency"}:
+                await self.variant(workers, transport, primary=(workers, transport) == primary)
         if "baseline" in want:
             log(f"naive baseline under the (b) load for {o.baseline_s:.0f} s")
             self.phases["baseline"] = await self.baseline()
@@ -890,8 +933,48 @@ class Bench:
         elapsed = time.monotonic() - started
         return self.summary(info, elapsed)
 
+    async def variant(self, workers: int, transport: str, *, primary: bool) -> None:
+        """(a), (b), the sustain check and latency at half the sustained rate for one receive path × worker count."""
+        o, want = self.o, self.o.phases
+        name = f"{transport}/{workers}w"
+        tag = "" if primary else f"-{transport}{workers}"
+        await self.start_ingest(workers=workers, transport=transport, tag=tag)
+        log(f"[{name}] ingest running (pid {', '.join(str(i.pid) for i in self.ingests)})")
+        if "single" in want:
+            log(f"[{name}] (a) one reading per message, {o.duration:.0f} s at maximum rate")
+            self.phases[f"single@{name}"] = await self.throughput("single")
+        if "batched" in want:
+            log(f"[{name}] (b) ten readings per message, {o.duration:.0f} s at maximum rate")
+            self.phases[f"batched@{name}"] = await self.throughput("batched")
+        if "latency" in want:
+            single = self.phases.get(f"single@{name}")
+            peak = single.figures["msgs_per_s"] if single else 5000.0
+            sustained = None
+            if o.latency_rate:
+                rate = o.latency_rate
+            else:
+                # (a) is a maximum under credit-paced publishers; check it is a rate the stack keeps up with when
+                # publishers send at a fixed rate, and take half of what it really sustained as "half load".
+                log(f"[{name}] sustain check: (a)'s {peak:,.0f} msg/s at a fixed publish rate for {o.latency_s:.0f} s")
+                check = await self.latency(peak, label="sustain")
+                self.phases[f"sustain@{name}"] = check
+                committed = check.figures["committed_msgs_per_s"]
+                sustained = min(peak, committed) if committed == committed else peak
+                rate = sustained / 2
+            log(f"[{name}] latency at {'half the sustained rate' if sustained else 'the given rate'}: "
+                f"{rate:,.0f} msg/s for {o.latency_s:.0f} s, probe every {PROBE_INTERVAL_S * 1000:.0f} ms")
+            phase = await self.latency(rate)
+            phase.figures["sustained_msgs_per_s"] = sustained
+            self.phases[f"latency@{name}"] = phase
+        await self.stop_ingest()
+        if not primary:
+            await asyncio.to_thread(self._discard_ingest_sessions,
+                                    [f"{INGEST_CLIENT_ID}{tag}-{i}" for i in range(workers)])
+
     def summary(self, info: dict[str, Any], elapsed: float) -> dict[str, Any]:
-        p = self.phases
+        o = self.o
+        first = f"@{o.transports[0]}/{o.worker_counts[0]}w"
+        p = {name.removesuffix(first): phase for name, phase in self.phases.items()}  # primary under plain names
 
         def fig(phase: str, key: str, digits: int = 0) -> float | None:
             value = p[phase].figures.get(key) if phase in p else None
@@ -960,9 +1043,48 @@ class Bench:
             "b_55pct_of_psql_copy": at_least(result["batched_vs_psql_copy"], TARGETS["batched_vs_psql_copy"]),
             "nothing_lost": None if not lost else result["lost_readings"] == 0 and result["dead_letters"] == 0,
         }
+        sub_live = fig("mosquitto_sub", "mosquitto_sub_live_msgs_per_s")
+        variants: dict[str, dict[str, Any]] = {}
+        for w in o.worker_counts:
+            for t in o.transports:
+                v = f"@{t}/{w}w"
+                a, b = fig(f"single{v}", "msgs_per_s"), fig(f"batched{v}", "readings_per_s")
+                variants[f"{t}/{w}w"] = {
+                    "single_msgs_per_s": a,
+                    "batched_readings_per_s": b,
+                    "ingest_cpu_us_per_msg": fig(f"single{v}", "ingest_cpu_us_per_msg", 1),
+                    "ingest_cpu_us_per_reading": fig(f"batched{v}", "ingest_cpu_us_per_reading", 2),
+                    "ingest_cpu_us_per_msg_batched": fig(f"batched{v}", "ingest_cpu_us_per_msg", 1),
+                    "sustained_msgs_per_s": fig(f"latency{v}", "sustained_msgs_per_s"),
+                    "sustain_p99_commit_ms": fig(f"sustain{v}", "p99_commit_ms", 1),
+                    "latency_at_msgs_per_s": fig(f"latency{v}", "offered_msgs_per_s"),
+                    "p50_commit_ms": fig(f"latency{v}", "p50_commit_ms", 1),
+                    "p99_commit_ms": fig(f"latency{v}", "p99_commit_ms", 1),
+                    "single_vs_mosquitto_sub_live": ratio(a, sub_live),
+                    "batched_vs_psql_copy_pk": ratio(b, copy_pk),
+                }
+        result["variants"] = variants
+        result["ingest_cpu_us_per_msg"] = fig("single", "ingest_cpu_us_per_msg", 1)
+        result["ingest_cpu_us_per_reading"] = fig("batched", "ingest_cpu_us_per_reading", 2)
+        result["single_vs_mosquitto_sub_live"] = ratio(single, sub_live)
+        w0 = o.worker_counts[0]
+        native, paho = variants.get(f"native/{w0}w", {}), variants.get(f"paho/{w0}w", {})
+        result["paho_vs_native_cpu_per_msg"] = ratio(paho.get("ingest_cpu_us_per_msg"),
+                                                     native.get("ingest_cpu_us_per_msg"))
+        result["paho_vs_native_cpu_per_reading"] = ratio(paho.get("ingest_cpu_us_per_reading"),
+                                                         native.get("ingest_cpu_us_per_reading"))
+        result["transports"] = list(o.transports)
+        result["worker_counts"] = list(o.worker_counts)
+        result["foreign_load"] = o.foreign_load
+        result["targets_met"].update({
+            "a_25us_cpu_per_msg": None if result["ingest_cpu_us_per_msg"] is None
+            else result["ingest_cpu_us_per_msg"] <= 25,
+            "a_half_mosquitto_sub_live": at_least(result["single_vs_mosquitto_sub_live"], 0.5),
+            "b_half_psql_copy_pk": at_least(result["batched_vs_psql_copy_pk"], 0.5),
+        })
         result["cpu_split_pct"] = {name: {k: round(v) for k, v in phase.cpu.items()}
-                                   for name, phase in p.items() if phase.cpu}
-        others = [phase.cpu.get("other", 0.0) for phase in p.values() if phase.cpu]
+                                   for name, phase in self.phases.items() if phase.cpu}
+        others = [phase.cpu.get("other", 0.0) for phase in self.phases.values() if phase.cpu]
         result["other_load_pct_max"] = round(max(others)) if others else None
         return result
 
@@ -1019,10 +1141,19 @@ def report(result: dict[str, Any]) -> str:
     ]
     for label, value, target, key in rows:
         lines.append(f"  {label:<46} {value:>24}   {target:<38} {verdict(key)}")
+    lines += ["", "  receive path / workers: (a) msg/s, ingest CPU µs/msg | (b) readings/s, µs/reading | "
+                  "sustained (a), p50/p99 ms at half of it | (a)/mosquitto_sub live, (b)/psql+pk"]
+    for name, v in r["variants"].items():
+        lines.append(f"    {name:<10} {num(v['single_msgs_per_s'], 'msg/s'):>12}, {v['ingest_cpu_us_per_msg']} µs | "
+                     f"{num(v['batched_readings_per_s'], 'r/s'):>12}, {v['ingest_cpu_us_per_reading']} µs | "
+                     f"{num(v['sustained_msgs_per_s'], 'msg/s')}, {v['p50_commit_ms']}/{v['p99_commit_ms']} ms | "
+                     f"{v['single_vs_mosquitto_sub_live']}, {v['batched_vs_psql_copy_pk']}")
+    lines.append(f"    paho / native CPU per message: {r['paho_vs_native_cpu_per_msg']}×, per reading: "
+                 f"{r['paho_vs_native_cpu_per_reading']}× (same run)")
     lines += ["", "  CPU, % of one core, over each measured window ('other': whatever else ran on the machine):"]
     for name, split in r["cpu_split_pct"].items():
         ordered = sorted(split.items(), key=lambda kv: -kv[1])
-        lines.append(f"    {name:<9} " + ", ".join(f"{k} {v}" for k, v in ordered))
+        lines.append(f"    {name:<22} " + ", ".join(f"{k} {v}" for k, v in ordered))
     if (r["other_load_pct_max"] or 0) >= OTHER_LOAD_WARN_PCT:
         lines += ["", f"  WARNING: up to {r['other_load_pct_max']} % of a core was used by other work on this machine "
                       "during a measured window: the figures of that run are not representative; run it again."]
