@@ -40,6 +40,6 @@ def test_transport_setting_flag_and_validation() -> None:
     args = build_parser().parse_args(["ingest", "--transport", "paho"])
     assert load_config(None, flags=_flags(args), environ={}).ingest.transport == "paho"
     assert load_config(None, flags={}, environ={}).ingest.transport == "native"
-    with pytest.raises(ConfigError, match="ingest.transport must be one of native, paho"):
+    with pytest.raises(ConfigError, match=r"ingest\.transport must be one of native, paho"):
         IngestService(mqtt_url="mqtt://127.0.0.1:1", database_url="postgresql://x/y", transport="mosquitto",
                       http_port=None)
