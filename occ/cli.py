@@ -228,7 +228,8 @@ def _up(config: Config, args: argparse.Namespace) -> int:
     try:
         endpoints = supervisor.start()
         print("OCC is up:", flush=True)
-        for key in ("database_url", "mqtt_url", "mqtt_services_url", "ingest_metrics", "web_url", "web_login"):
+        for key in ("database_url", "mqtt_url", "mqtt_services_url", "ingest_metrics", "alerts_metrics", "web_url",
+                    "web_login"):
             if key in endpoints:
                 print(f"  {key:<18} {endpoints.get(key)}", flush=True)
         print(f"  endpoints file     {config.var_path / 'endpoints.json'}\nPress Ctrl-C to stop.", flush=True)

@@ -128,6 +128,9 @@ class Supervisor:
             child_env = {**env, "OCC_INGEST__CLIENT_ID": f"occ-ingest-{i}", "OCC_INGEST__HTTP_PORT": str(port)}
             self.children.append(Child(f"ingest-{i}", occ + ["ingest"], child_env))
         self.endpoints["ingest_metrics"] = [f"http://127.0.0.1:{p}/metrics" for p in ingest_ports]
+        alerts_port = free_port()
+        self.children.append(Child("alerts", occ + ["alerts"], {**env, "OCC_ALERTS__HTTP_PORT": str(alerts_port)}))
+        self.endpoints["alerts_metrics"] = f"http://127.0.0.1:{alerts_port}/metrics"
         web_port = _port_or_free(self.config.web.host, self.config.web.port)
         self.children.append(Child("web", occ + ["web", "--port", str(web_port)], env))
         self.endpoints["web_url"] = f"http://{self.config.web.host}:{web_port}/"

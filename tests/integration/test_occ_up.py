@@ -197,7 +197,7 @@ async def poll(database_url: str, sql: str, done: Any, timeout: float) -> list[a
 
 def ports_of(endpoints: dict[str, Any]) -> set[int]:
     urls = [endpoints["database_url"], endpoints["mqtt_url"], endpoints["mqtt_services_url"],
-            *endpoints["ingest_metrics"]]
+            *endpoints["ingest_metrics"], endpoints["alerts_metrics"]]
     return {int(port) for url in urls if (port := urlsplit(url).port)}
 
 
@@ -208,6 +208,7 @@ def stop_and_check_nothing_left(up: Up, endpoints: dict[str, Any], timeout: floa
         tracked.update(descendants(pid))
     commands = " | ".join(tracked.values())
     assert "occ.cli ingest" in commands, commands
+    assert "occ.cli alerts" in commands, commands
     assert "postgres" in commands, commands
     assert "mosquitto" in commands or "iotcore" in commands, commands
     ports = ports_of(endpoints)
@@ -240,6 +241,7 @@ async def test_occ_up_runs_the_stack_refuses_a_second_and_stops_clean(kind: str,
         assert endpoints["broker"] == kind and endpoints["pid"] == up.process.pid
         assert len(endpoints["ingest_metrics"]) == 1
         await asyncio.to_thread(wait_healthy, endpoints["ingest_metrics"][0])
+        await asyncio.to_thread(wait_healthy, endpoints["alerts_metrics"])
         healthy_at = time.monotonic()
 
         # Another command finds the running stack through var/endpoints.json (no URL given).
