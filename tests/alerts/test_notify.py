@@ -3,6 +3,7 @@ after failures, a per-target rate limit that queues instead of dropping, escalat
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -43,7 +44,7 @@ async def hook_url() -> Any:
 
 
 @pytest.fixture
-async def store(database_url: str):  # type: ignore[no-untyped-def]
+async def store(database_url: str) -> AsyncIterator[Store]:
     s = await Store.connect(database_url, pool_size=2, timescaledb="off")
     yield s
     await s.close()
