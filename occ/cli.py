@@ -1,9 +1,10 @@
 """`occ` command line: `occ up`, `occ ingest`, `occ alerts [ack|resolve|list]`, `occ rules validate|list`,
-`occ db migrate|status`, `occ devices import|list`, `occ simulate`.
+`occ db migrate|status|maintain`, `occ devices import|list|show|remove`, `occ history`, `occ simulate`.
 
 Global flags come before the command: `--config FILE` (repeatable), `--set section.key=value` (repeatable),
 `--database-url`, `--mqtt-url`, `--log-level`. Commands that need the database or broker and have none
-configured use the endpoints of a running `occ up` (var/endpoints.json).
+configured use the endpoints of a running `occ up` (var/endpoints.json). Everyday failures end in one line and a
+non-zero exit status (occ/cli_errors.py), never a traceback.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from occ import cli_errors
 from occ.config import Config, load_config
-from occ.errors import AlreadyRunning, ConfigError, OccError
+from occ.errors import ConfigError
 from occ.logs import setup_logging
 
 log = logging.getLogger("occ.cli")
@@ -62,12 +64,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     devices = sub.add_parser("devices", help="device registry")
     dev_sub = devices.add_subparsers(dest="devices_command", required=True)
-    imp = dev_sub.add_parser("import", help="import (upsert) devices from YAML files")
+    imp = dev_sub.add_parser("import", help="import devices from YAML files: created / updated / unchanged each")
     imp.add_argument("files", nargs="+")
+    imp.add_argument("--dry-run", action="store_true", help="show what would change, write nothing")
+    imp.add_argument("--force", action="store_true", help="allow changing the kind of a registered device")
+    imp.add_argument("-v", "--verbose", action="store_true", help="also list the unchanged devices")
     lst = dev_sub.add_parser("list", help="list devices")
     lst.add_argument("--kind")
-    lst.add_argument("--area")
+    lst.add_argument("--area", help="area id, e.g. bac-quang (config/areas.yaml)")
     lst.add_argument("--format", choices=("table", "yaml", "json"), default="table")
+    show = dev_sub.add_parser("show", help="one device: attributes, status, latest values")
+    show.add_argument("device_id", metavar="ID")
+    show.add_argument("--format", choices=("table", "json"), default="table")
+    rm = dev_sub.add_parser("remove", help="unregister devices (their readings stay; new ones are refused)")
+    rm.add_argument("device_ids", nargs="+", metavar="ID")
+
+    hist = sub.add_parser("history", help="a device's metric over time, bucketed and aggregated",
+                          description="Read history through the store's query (rollups where they fit, raw "
+                                      "readings elsewhere). Times are in the site time zone (site.timezone).")
+    hist.add_argument("device_id", metavar="DEVICE")
+    hist.add_argument("metric", metavar="METRIC")
+    hist.add_argument("--from", dest="start", default="-24h",
+                      help="start: ISO time (site time zone unless it has an offset), a date, 'now', or "
+                           "relative like -6h, -7d (default -24h)")
+    hist.add_argument("--to", dest="end", default="now", help="end (exclusive), same forms (default now)")
+    hist.add_argument("--bucket", default="1h", help="15m, 1h, 1d …, day, week, month or raw (default 1h)")
+    hist.add_argument("--agg", default="avg", choices=("avg", "min", "max", "sum", "count", "first", "last"))
+    hist.add_argument("--fill", choices=("null", "previous", "linear", "zero"), default=None,
+                      help="fill empty buckets (default: only buckets with data)")
+    hist.add_argument("--hydro-day", action="store_true",
+                      help="days start at site.hydro_day_start_hour (07:00) instead of midnight")
+    hist.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
     from alerts.cli import register as register_alerts
 
@@ -116,21 +143,10 @@ def _with_running_stack(config: Config) -> Config:
     return apply_overrides(config, values, source=str(config.var_path / "endpoints.json")) if values else config
 
 
-def _require_database(config: Config) -> str:
-    if not config.database.url:
-        raise ConfigError("no database configured: set OCC_DATABASE_URL or --database-url, or start `occ up`")
-    return config.database.url
-
-
 async def _open_store(config: Config, *, migrate: bool = True) -> Any:
-    from occ.store import Store
+    from occ.cli_devices import open_store
 
-    db = config.database
-    return await Store.connect(
-        _require_database(config), pool_size=2, migrate=migrate, timescaledb=db.timescaledb,
-        retention_days=db.retention_days, compress_after_days=db.compress_after_days,
-        partition_days=db.partition_days, partitions_ahead=db.partitions_ahead, timezone=config.site.timezone,
-    )
+    return await open_store(config, migrate=migrate)
 
 
 async def _db_command(config: Config, args: argparse.Namespace) -> int:
@@ -167,43 +183,24 @@ def _print_status(info: dict[str, Any]) -> None:
 
 
 async def _devices_command(config: Config, args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from occ.catalog import Catalog
-    from occ.devices import dump_devices, load_areas, load_devices
+    from occ import cli_devices
 
     if args.devices_command == "import":
-        catalog_path = config.config_path / "metrics.yaml"
-        catalog = Catalog.load(catalog_path) if catalog_path.exists() else Catalog.default()
-        areas_path = config.config_path / "areas.yaml"
-        areas = load_areas(areas_path) if areas_path.exists() else None
-        devices = []
-        for file in args.files:  # every file is validated before anything is written
-            devices.extend(load_devices(Path(file), catalog, areas=areas))
-        store = await _open_store(config)
-        try:
-            count = await store.upsert_devices(devices)
-        finally:
-            await store.close()
-        print(f"imported {count} devices from {len(args.files)} file(s)")
-        return 0
-    store = await _open_store(config, migrate=False)
-    try:
-        devices = await store.list_devices(kind=args.kind, area=args.area)
-    finally:
-        await store.close()
-    if args.format == "yaml":
-        print(dump_devices(devices), end="")
-    elif args.format == "json":
-        print(json.dumps([{"id": d.id, "kind": d.kind, "name": d.name, "lat": d.lat, "lon": d.lon, "area": d.area,
-                           "attributes": d.attributes, "provisioned": d.provisioned} for d in devices],
-                         ensure_ascii=False, indent=2))
-    else:
-        for d in devices:
-            flag = "" if d.provisioned else "  (unprovisioned)"
-            print(f"{d.id:<20} {d.kind:<9} {d.area or '-':<14} {d.name}{flag}")
-        print(f"{len(devices)} devices")
-    return 0
+        return await cli_devices.import_devices(config, args.files, force=args.force, dry_run=args.dry_run,
+                                                verbose=args.verbose)
+    if args.devices_command == "list":
+        return await cli_devices.list_devices(config, kind=args.kind, area=args.area, fmt=args.format)
+    if args.devices_command == "show":
+        return await cli_devices.show_device(config, args.device_id, fmt=args.format)
+    return await cli_devices.remove_devices(config, args.device_ids)
+
+
+async def _history_command(config: Config, args: argparse.Namespace) -> int:
+    from occ import cli_history
+
+    return await cli_history.history(config, args.device_id, args.metric, start=args.start, end=args.end,
+                                     bucket=args.bucket, agg=args.agg, fill=args.fill, hydro_day=args.hydro_day,
+                                     fmt=args.format)
 
 
 async def _ingest(config: Config, *, drain_only: bool = False) -> int:
@@ -242,13 +239,12 @@ def _up(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _simulate(args: argparse.Namespace, rest: list[str]) -> int:
+def _simulate(config: Config, rest: list[str]) -> int:
     import os
 
     from occ.supervisor import read_endpoints
     from simulators.cli import main as simulate_main
 
-    config = load_config(args.config, flags=_flags(args))
     url = config.mqtt.url or (read_endpoints(config.var_path) or {}).get("mqtt_url")
     if url and "--mqtt-url" not in rest:
         os.environ["OCC_MQTT_URL"] = url
@@ -256,43 +252,66 @@ def _simulate(args: argparse.Namespace, rest: list[str]) -> int:
     return simulate_main(rest)
 
 
+def _attach_relative_times(argv: list[str]) -> list[str]:
+    """`--from -6h` as `--from=-6h`: argparse would take a value starting with '-' for an option."""
+    out: list[str] = []
+    items = iter(argv)
+    for item in items:
+        if item in ("--from", "--to") and "simulate" not in out:
+            value = next(items, None)
+            out.append(item if value is None else f"{item}={value}")
+        else:
+            out.append(item)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _attach_relative_times(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
+    rest: list[str] | None = None
     if "simulate" in argv:
         # The simulator has its own parser; global flags before the command still apply.
         at = argv.index("simulate")
         args = parser.parse_args([*argv[:at], "simulate"])
-        return _simulate(args, argv[at + 1 :])
-    args = parser.parse_args(argv)
+        rest = argv[at + 1 :]
+    else:
+        args = parser.parse_args(argv)
+    config: Config | None = None
     try:
         config = load_config(args.config, flags=_flags(args))
-        setup_logging(config.log_level, service=args.command)
-        if args.command == "up":
-            return _up(config, args)
-        config = _with_running_stack(config)
-        if args.command == "ingest":
-            return asyncio.run(_ingest(config, drain_only=args.drain))
-        if args.command == "db":
-            return asyncio.run(_db_command(config, args))
-        if args.command == "devices":
-            return asyncio.run(_devices_command(config, args))
-        if args.command in ("alerts", "rules"):
-            from alerts.cli import main as alerts_main
-
-            return alerts_main(config, args)
-        if hasattr(args, "handler"):
-            return int(args.handler(config, args))
-    except AlreadyRunning as exc:
-        print(f"occ: {exc}", file=sys.stderr)
-        return 3
-    except OccError as exc:
-        print(f"occ: {exc}", file=sys.stderr)
-        return 2
+        status = _simulate(config, rest) if rest is not None else _run(config, args)
+        sys.stdout.flush()  # inside the try: a reader that went away (`| head`) is an everyday case too
+        return status
     except KeyboardInterrupt:
         return 130
-    parser.error(f"unknown command {args.command}")
-    return 2
+    except Exception as exc:
+        # The one place where a failure becomes what the user reads (occ/cli_errors.py); a bug keeps its traceback.
+        failure = cli_errors.describe(exc, database_url=config.database.url if config else None)
+        if failure is None:
+            raise
+        return cli_errors.report(failure)
+
+
+def _run(config: Config, args: argparse.Namespace) -> int:
+    setup_logging(config.log_level, service=args.command)
+    if args.command == "up":
+        return _up(config, args)
+    config = _with_running_stack(config)
+    if args.command == "ingest":
+        return asyncio.run(_ingest(config, drain_only=args.drain))
+    if args.command == "db":
+        return asyncio.run(_db_command(config, args))
+    if args.command == "devices":
+        return asyncio.run(_devices_command(config, args))
+    if args.command == "history":
+        return asyncio.run(_history_command(config, args))
+    if args.command in ("alerts", "rules"):
+        from alerts.cli import main as alerts_main
+
+        return alerts_main(config, args)
+    if hasattr(args, "handler"):
+        return int(args.handler(config, args))
+    raise ConfigError(f"unknown command {args.command}", path="command line")
 
 
 if __name__ == "__main__":

@@ -14,10 +14,12 @@ import dataclasses
 import os
 import types
 import typing
+import zoneinfo
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from occ.errors import ConfigError
 from occ.yamlfile import Lines, load_yaml
@@ -31,52 +33,127 @@ ENV_SHORTCUTS: dict[str, str] = {
 }
 
 
+# --- constraints, checked when a value is loaded (file, environment or flag), so a bad value is reported with
+# its file and line instead of failing later, deep inside a service, as a traceback (issue 9) ------------------
+
+
+def between(low: float | None = None, high: float | None = None) -> dict[str, Any]:
+    """Field metadata: the value must lie in [low, high] (either bound may be open)."""
+    return {"range": (low, high)}
+
+
+def one_of(*choices: str) -> dict[str, Any]:
+    """Field metadata: the value must be one of `choices` (compared case-insensitively, stored as listed)."""
+    return {"choices": choices}
+
+
+def checked(check: typing.Callable[[Any], str | None]) -> dict[str, Any]:
+    """Field metadata: `check(value)` returns None when the value is fine, else what is wrong with it."""
+    return {"check": check}
+
+
+def _time_zone(value: str) -> str | None:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return f"unknown time zone {value!r} (an IANA name such as Asia/Ho_Chi_Minh)"
+    return None
+
+
+def _url_scheme(*schemes: str) -> typing.Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value is None:
+            return None
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError for a port outside 0-65535 or not a number
+        except ValueError as exc:
+            return f"invalid URL {_redact(value)!r}: {exc}"
+        if parts.scheme not in schemes:
+            return f"URL scheme must be {' or '.join(schemes)}, got {parts.scheme or 'none'!r} in {_redact(value)!r}"
+        return None
+
+    return check
+
+
+def _redact(url: str) -> str:
+    """A URL without its password, for error messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _topic_part(value: str) -> str | None:
+    if not value or any(c in value for c in "+#") or value.startswith("/") or value.endswith("/"):
+        return f"{value!r} is not a topic prefix (no +, #, or leading/trailing /)"
+    return None
+
+
+def _name(value: str) -> str | None:
+    if not value or any(c in value for c in "/+#") or len(value) > 128:
+        return f"{value!r} must be 1-128 characters without /, + or #"
+    return None
+
+
+def _not_empty(value: str) -> str | None:
+    return "must not be empty" if not value else None
+
+
+PORT = between(0, 65535)
+"""0 lets the system pick a free port."""
+
+
 @dataclass(frozen=True, slots=True)
 class DatabaseConfig:
-    url: str | None = None
+    url: str | None = field(default=None, metadata=checked(_url_scheme("postgresql", "postgres")))
     """postgresql://user:pass@host:port/db. Unset: `occ up` starts an embedded PostgreSQL under var/."""
-    pool_size: int = 4
-    timescaledb: str = "auto"
+    pool_size: int = field(default=4, metadata=between(1, 1000))
+    timescaledb: str = field(default="auto", metadata=one_of("auto", "on", "off"))
     """auto (use the extension when it can be created), on (require it) or off (plain PostgreSQL path)."""
-    retention_days: int = 730
-    compress_after_days: int = 7
-    partition_days: int = 7
-    partitions_ahead: int = 4
+    retention_days: int = field(default=730, metadata=between(1, None))
+    compress_after_days: int = field(default=7, metadata=between(1, None))
+    partition_days: int = field(default=7, metadata=between(1, 366))
+    partitions_ahead: int = field(default=4, metadata=between(1, 100))
 
 
 @dataclass(frozen=True, slots=True)
 class MqttConfig:
-    url: str | None = None
+    url: str | None = field(default=None, metadata=checked(_url_scheme("mqtt", "mqtts", "tcp", "ssl")))
     """mqtt://user:pass@host:port. Unset: `occ up` starts an embedded broker."""
-    keepalive_s: int = 30
-    session_expiry_s: int = 7 * 24 * 3600
+    keepalive_s: int = field(default=30, metadata=between(1, 65535))
+    session_expiry_s: int = field(default=7 * 24 * 3600, metadata=between(0, 2**32 - 1))
     """How long the broker keeps a persistent session (and queues for it) while the client is away."""
-    topic_prefix: str = "occ/v1"
+    topic_prefix: str = field(default="occ/v1", metadata=checked(_topic_part))
 
 
 @dataclass(frozen=True, slots=True)
 class IngestConfig:
-    client_id: str = "occ-ingest"
-    share_group: str = "occ-ingest"
+    client_id: str = field(default="occ-ingest", metadata=checked(_name))
+    share_group: str = field(default="occ-ingest", metadata=checked(_name))
     """MQTT 5 shared-subscription group: N ingest workers with the same group split the stream."""
     shared: bool = True
-    batch_max: int = 5000
-    linger_ms: int = 10
-    writers: int = 2
+    batch_max: int = field(default=5000, metadata=between(1, 1_000_000))
+    linger_ms: int = field(default=10, metadata=between(0, 60_000))
+    writers: int = field(default=2, metadata=between(1, 64))
     """Concurrent batch writes per worker (acks stay in arrival order); 2 overlaps one COPY with a commit."""
-    max_unacked: int = 50_000
+    max_unacked: int = field(default=50_000, metadata=between(1, None))
     """Messages received but not yet committed and acknowledged; at the bound ingest stops reading."""
-    max_unacked_mb: int = 64
+    max_unacked_mb: int = field(default=64, metadata=between(1, None))
     """The same bound in payload megabytes (MiB), per worker: whichever bound is reached first stops reading."""
-    max_payload_bytes: int = 1_048_576
-    max_future_s: int = 300
-    max_past_days: int = 400
+    max_payload_bytes: int = field(default=1_048_576, metadata=between(1, 268_435_455))
+    max_future_s: int = field(default=300, metadata=between(0, None))
+    max_past_days: int = field(default=400, metadata=between(1, None))
     auto_register: bool = False
     """Store readings of unknown devices and register them as unprovisioned instead of dead-lettering."""
     http_host: str = "127.0.0.1"
-    http_port: int = 9101
-    retry_max_s: float = 30.0
-    transport: str = "native"
+    http_port: int = field(default=9101, metadata=PORT)
+    retry_max_s: float = field(default=30.0, metadata=between(0.1, 3600))
+    transport: str = field(default="native", metadata=one_of("native", "paho"))
     """MQTT receive path: "native" (occ.mqtt, the default) or "paho" (occ.bus, the fallback)."""
 
 
@@ -136,8 +213,8 @@ class WebConfig:
 @dataclass(frozen=True, slots=True)
 class SiteConfig:
     name: str = "Hà Giang IOC"
-    timezone: str = "Asia/Ho_Chi_Minh"
-    hydro_day_start_hour: int = 7
+    timezone: str = field(default="Asia/Ho_Chi_Minh", metadata=checked(_time_zone))
+    hydro_day_start_hour: int = field(default=7, metadata=between(0, 23))
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,9 +225,9 @@ class Config:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     site: SiteConfig = field(default_factory=SiteConfig)
     web: WebConfig = field(default_factory=WebConfig)
-    log_level: str = "INFO"
-    var_dir: str = "var"
-    config_dir: str = "config"
+    log_level: str = field(default="INFO", metadata=one_of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+    var_dir: str = field(default="var", metadata=checked(_not_empty))
+    config_dir: str = field(default="config", metadata=checked(_not_empty))
 
     @property
     def config_path(self) -> Path:
@@ -192,6 +269,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         except (TypeError, ValueError):
             raise ValueError(f"{where}: expected a number, got {value!r}") from None
     if tp is str:
+        if isinstance(value, bool):
+            # YAML 1.1 reads on/off/yes/no as booleans; the string settings that take such words are switches.
+            return "on" if value else "off"
         if isinstance(value, (dict, list)):
             raise ValueError(f"{where}: expected a string, got {type(value).__name__}")
         return str(value)
@@ -200,6 +280,40 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 def _section_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+def _metadata(cls: type, name: str) -> Mapping[str, Any]:
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f.metadata
+    return {}
+
+
+def _validate(value: Any, meta: Mapping[str, Any], where: str) -> Any:
+    """Check a coerced value against its field's constraints; return it (choices in their listed spelling)."""
+    if value is None:
+        return value
+    if "range" in meta:
+        low, high = meta["range"]
+        if (low is not None and value < low) or (high is not None and value > high):
+            if high is None:
+                bounds = f"at least {low}"
+            elif low is None:
+                bounds = f"at most {high}"
+            else:
+                bounds = f"between {low} and {high}"
+            raise ValueError(f"{where}: must be {bounds}, got {value!r}")
+    if "choices" in meta:
+        choices: tuple[str, ...] = meta["choices"]
+        for choice in choices:
+            if str(value).lower() == choice.lower():
+                return choice
+        raise ValueError(f"{where}: must be one of {', '.join(choices)}; got {value!r}")
+    if "check" in meta:
+        problem = meta["check"](value)
+        if problem:
+            raise ValueError(f"{where}: {problem}")
+    return value
 
 
 def apply_overrides(
@@ -216,17 +330,21 @@ def apply_overrides(
             if len(parts) == 1:
                 if parts[0] not in top_types or dataclasses.is_dataclass(top_types[parts[0]]):
                     raise ValueError(f"unknown setting {dotted!r}")
-                top[parts[0]] = _coerce(raw, top_types[parts[0]], dotted)
+                value = _coerce(raw, top_types[parts[0]], dotted)
+                top[parts[0]] = _validate(value, _metadata(Config, parts[0]), dotted)
             elif len(parts) == 2 and parts[0] in top_types and dataclasses.is_dataclass(top_types[parts[0]]):
                 section_types = _section_types(top_types[parts[0]])
                 if parts[1] not in section_types:
                     known = ", ".join(sorted(section_types))
                     raise ValueError(f"unknown setting {dotted!r} (known in {parts[0]}: {known})")
-                sections.setdefault(parts[0], {})[parts[1]] = _coerce(raw, section_types[parts[1]], dotted)
+                value = _coerce(raw, section_types[parts[1]], dotted)
+                value = _validate(value, _metadata(top_types[parts[0]], parts[1]), dotted)
+                sections.setdefault(parts[0], {})[parts[1]] = value
             else:
                 raise ValueError(f"unknown setting {dotted!r}")
         except ValueError as exc:
-            raise ConfigError(str(exc), path=source, line=line) from None
+            where = f"environment variable {env_name(dotted)}" if source == "environment" else source
+            raise ConfigError(str(exc), path=where, line=line) from None
     replaced = {name: dataclasses.replace(getattr(config, name), **vals) for name, vals in sections.items()}
     return dataclasses.replace(config, **replaced, **top)
 
@@ -240,6 +358,35 @@ def _flatten(data: Mapping[str, Any], lines: Lines) -> dict[str, Any]:
         else:
             flat[str(key)] = value
     return flat
+
+
+SOURCE_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+"""The `config/` folder of the source tree this package runs from (absent in an installed wheel)."""
+
+
+def default_config_dir(environ: Mapping[str, str] | None = None) -> str:
+    """Where `config/` is when nothing says otherwise, the same for every command (issue 9: `occ simulate
+    scenarios` run outside the repository found nothing and said nothing): `$OCC_CONFIG_DIR`, else `./config`
+    when it exists, else the source tree's `config/`, else `config` (and commands that need it say it is
+    missing)."""
+    environ = os.environ if environ is None else environ
+    if environ.get("OCC_CONFIG_DIR"):
+        return environ["OCC_CONFIG_DIR"]
+    if Path("config").is_dir() or not SOURCE_CONFIG_DIR.is_dir():
+        return "config"
+    return str(SOURCE_CONFIG_DIR)
+
+
+def require_config_dir(path: str | Path, *, needs: str) -> Path:
+    """`path/needs` (e.g. `scenarios`), or a ConfigError saying where it was looked for and how to point at it."""
+    folder = Path(path) / needs
+    if not folder.exists():
+        raise ConfigError(
+            f"{needs} not found in {Path(path).resolve()}: run from the OCC folder, or set OCC_CONFIG_DIR "
+            "(or --config-dir) to the folder holding occ.yaml, metrics.yaml, devices/ and scenarios/",
+            path=str(folder),
+        )
+    return folder
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
@@ -268,6 +415,8 @@ def load_config(
     env = env_overrides(environ)
     if "config_dir" in env:
         config = apply_overrides(config, {"config_dir": env["config_dir"]}, source="environment")
+    elif default_config_dir(environ) != config.config_dir:
+        config = dataclasses.replace(config, config_dir=default_config_dir(environ))
     if files is None:
         default = config.config_path / "occ.yaml"
         files = [default] if default.exists() else []

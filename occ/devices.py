@@ -8,10 +8,10 @@ never code. A bad file is rejected whole, so a typo cannot silently drop a stati
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -22,11 +22,14 @@ from occ.yamlfile import Lines, load_yaml, parse_yaml, require_keys
 __all__ = [
     "ALARM_LEVELS",
     "Area",
+    "DeviceChange",
+    "diff_device",
     "dump_devices",
     "load_areas",
     "load_devices",
     "parse_areas",
     "parse_devices",
+    "plan_import",
 ]
 
 ALARM_LEVELS = ("I", "II", "III")
@@ -167,6 +170,65 @@ def dump_devices(devices: Iterable[Device]) -> str:
             item["attributes"] = device.attributes
         items.append(item)
     return yaml.safe_dump({"devices": items}, allow_unicode=True, sort_keys=False, width=110)
+
+
+# -- import planning -----------------------------------------------------------------------------------------
+
+MISSING: Any = type("Missing", (), {"__repr__": lambda self: "(none)"})()
+"""Stands for "no such attribute" on one side of a difference."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceChange:
+    """What importing one device does to the registry: a plain value, so `occ devices import --dry-run` and the
+    real import print the same thing and tests need no database."""
+
+    device: Device
+    action: Literal["created", "updated", "unchanged"]
+    differences: tuple[tuple[str, Any, Any], ...] = ()
+    """(field, registry value, file value); attributes appear one key at a time as `attributes.KEY`."""
+    previous_kind: str | None = None
+    """The kind in the registry when the file gives another one (refused without --force)."""
+
+    @property
+    def changes_kind(self) -> bool:
+        return self.previous_kind is not None
+
+
+def diff_device(old: Device, new: Device) -> list[tuple[str, Any, Any]]:
+    """Field-by-field differences between a registered device and its new definition, in a stable order."""
+    out: list[tuple[str, Any, Any]] = []
+    for name in ("kind", "name", "lat", "lon", "area"):
+        before, after = getattr(old, name), getattr(new, name)
+        if before != after:
+            out.append((name, before, after))
+    for key in sorted(set(old.attributes) | set(new.attributes)):
+        before = old.attributes.get(key, MISSING)
+        after = new.attributes.get(key, MISSING)
+        if before != after:
+            out.append((f"attributes.{key}", before, after))
+    if old.provisioned != new.provisioned:
+        out.append(("provisioned", old.provisioned, new.provisioned))
+    return out
+
+
+def plan_import(registry: Mapping[str, Device], incoming: Iterable[Device]) -> list[DeviceChange]:
+    """Compare the devices of a file set with the registry: created, updated (with the differences) or
+    unchanged, in the files' order. Issue 9: a re-import once turned a rain gauge into a camera and dropped its
+    attributes without a word; the plan makes every such change visible before it is written."""
+    plan: list[DeviceChange] = []
+    for device in incoming:
+        old = registry.get(device.id)
+        if old is None:
+            plan.append(DeviceChange(device, "created"))
+            continue
+        differences = diff_device(old, device)
+        if not differences:
+            plan.append(DeviceChange(device, "unchanged"))
+            continue
+        previous_kind = old.kind if old.kind != device.kind else None
+        plan.append(DeviceChange(device, "updated", tuple(differences), previous_kind))
+    return plan
 
 
 # -- areas ---------------------------------------------------------------------------------------------------

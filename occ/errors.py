@@ -21,6 +21,10 @@ class ConfigError(OccError, ValueError):
         super().__init__(f"{where}: {reason}")
 
 
+class UsageError(OccError, ValueError):
+    """A command named something that does not exist (a device, kind or area) or asked for a refused change."""
+
+
 class DecodeError(OccError, ValueError):
     """A message could not be turned into readings; `reason` is what the dead-letter row records."""
 

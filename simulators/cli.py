@@ -25,7 +25,9 @@ from typing import Any
 
 import orjson
 
+from occ.config import default_config_dir, require_config_dir
 from occ.errors import ConfigError, OccError
+from occ.logs import setup_logging
 from simulators.clock import Pacer
 from simulators.engine import FORMS as SIM_FORMS
 from simulators.engine import Simulation
@@ -50,10 +52,21 @@ DEMO_SCENARIO = "normal-day"
 DEMO_SPEED = 60.0
 
 
-def default_client_prefix(kind: str = "sim") -> str:
-    """A stable default (one simulator per host) so retained link status does not pile up per process."""
+RUN_ID = os.urandom(3).hex()
+"""Six hex digits unique to this process, in every default client id (issue 9: `occ simulate` next to
+`occ up --demo` shared client ids and the broker kicked one off for the other hundreds of times)."""
+
+
+def host_id(kind: str = "sim") -> str:
+    """`occ-<kind>-<host>`: stable per host (the gateway id of gateway mode)."""
     host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:40] or "host"
     return f"occ-{kind}-{host}"
+
+
+def default_client_prefix(kind: str = "sim") -> str:
+    """`occ-<kind>-<host>-<run id>`: unique per run, so two simulators never take each other's connections. A
+    clean stop deletes the retained link status these ids leave (MqttOutput `per_run_ids`)."""
+    return f"{host_id(kind)}-{RUN_ID}"
 
 
 def _default_url() -> str:
@@ -95,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "`occ simulate scenarios [validate FILE …]`. See simulators/README.md.")
     _add_broker_options(r)
     c = r.add_argument_group("catalog and scenarios")
-    c.add_argument("--config-dir", default=os.environ.get("OCC_CONFIG_DIR", "config"),
-                   help="configuration folder (default config, or $OCC_CONFIG_DIR)")
+    c.add_argument("--config-dir", default=default_config_dir(),
+                   help="configuration folder (default $OCC_CONFIG_DIR, else ./config, else the source tree's)")
     c.add_argument("--devices", nargs="+", action="extend", default=None, metavar="FILE",
                    help="device files (default CONFIG/devices/*.yaml)")
     c.add_argument("--areas", default=None, metavar="FILE", help="areas file (default CONFIG/areas.yaml)")
@@ -152,16 +165,16 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("scenarios", help="list scenarios, or validate scenario files against the catalog")
     sc.add_argument("validate", nargs="?", choices=("validate",), help="validate the given files")
     sc.add_argument("files", nargs="*", help="scenario names or files")
-    sc.add_argument("--config-dir", default=os.environ.get("OCC_CONFIG_DIR", "config"))
+    sc.add_argument("--config-dir", default=default_config_dir(),
+                    help="configuration folder (default $OCC_CONFIG_DIR, else ./config, else the source tree's)")
     sc.add_argument("--devices", nargs="+", action="extend", default=None, metavar="FILE")
     return parser
 
 
 def _setup_logging(quiet: bool) -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """logfmt on stderr like every OCC service, unless the host process (a test, `occ up`) set logging up."""
+    if not logging.getLogger().handlers:
+        setup_logging("WARNING" if quiet else "INFO", service="simulate")
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -231,6 +244,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 address = parse_mqtt_url(args.mqtt_url or _default_url(), args.username, args.password)
                 mqtt_out = MqttOutput(address, mode=args.mode, connections=args.connections,
                                       client_prefix=args.client_prefix or default_client_prefix("replay"),
+                                      per_run_ids=args.client_prefix is None,
+                                      gateway_id=args.client_prefix or host_id("replay"),
                                       topic_prefix=args.topic_prefix, keepalive=args.keepalive,
                                       protocol=args.mqtt_version, transport=args.transport,
                                   link_status_prefix=args.link_status_prefix)
@@ -258,6 +273,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             address = parse_mqtt_url(args.mqtt_url or _default_url(), args.username, args.password)
             mqtt_out = MqttOutput(address, mode=args.mode, connections=args.connections,
                                   client_prefix=args.client_prefix or default_client_prefix("sim"),
+                                  per_run_ids=args.client_prefix is None,
+                                  gateway_id=args.client_prefix or host_id("sim"),
                                   topic_prefix=args.topic_prefix, keepalive=args.keepalive,
                                   device_ids=[d.id for d in sim.devices], device_status_topics=sim.status_topics,
                                   protocol=args.mqtt_version, transport=args.transport,
@@ -302,9 +319,10 @@ def cmd_load(args: argparse.Namespace) -> int:
                          per_entry=args.per_entry, qos=qos, duration=parse_duration(args.duration),
                          kind=args.kind, connections=args.connections,
                          client_prefix=args.client_prefix or default_client_prefix("load"),
+                         per_run_ids=args.client_prefix is None,
                          topic_prefix=args.topic_prefix, seed=args.seed, ts_format=args.ts,
                          protocol=args.mqtt_version, transport=args.transport,
-                                  link_status_prefix=args.link_status_prefix)
+                         link_status_prefix=args.link_status_prefix)
         if args.write_devices:
             write_device_file(cfg, args.write_devices)
             print(f"wrote {cfg.devices} devices to {args.write_devices}", file=sys.stderr)
@@ -340,6 +358,11 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_scenarios(args: argparse.Namespace) -> int:
+    try:
+        require_config_dir(args.config_dir, needs="scenarios")
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not args.validate:
         for name in available_scenarios(args.config_dir):
             try:

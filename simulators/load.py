@@ -66,6 +66,8 @@ class LoadConfig:
     protocol: str = "3.1.1"
     transport: str = "raw"
     link_status_prefix: str = "occ/sim"
+    per_run_ids: bool = False
+    """The client ids are unique to this run: a clean stop deletes their retained link status."""
 
     def device_ids(self) -> list[str]:
         return [f"{self.id_prefix}-{self.kind}-{i:05d}" for i in range(self.devices)]
@@ -208,7 +210,7 @@ def run_load(
     factory = PayloadFactory(cfg)
     output = MqttOutput(address, mode="pool", connections=cfg.connections, client_prefix=cfg.client_prefix,
                         topic_prefix=cfg.topic_prefix, protocol=cfg.protocol, transport=cfg.transport,
-                        link_status_prefix=cfg.link_status_prefix)
+                        link_status_prefix=cfg.link_status_prefix, per_run_ids=cfg.per_run_ids)
     output.stop = stop
     output.start()
     links = output.links

@@ -70,6 +70,14 @@ def parse_mqtt_url(url: str, username: str | None = None, password: str | None =
     )
 
 
+SESSION_TAKEN_OVER = 0x8E
+"""MQTT 5 DISCONNECT reason: another connection with the same client id took this one's place."""
+CLASH_WINDOW_S = 10.0
+CLASH_REPEATS = 3
+"""MQTT 3.1.1 has no reason code: a connection the broker closes this soon after it was accepted, this many
+times in a row, is taken for a client id clash (two simulators with one id kick each other off in a loop)."""
+
+
 class LinkBase:
     """What MqttOutput needs of one MQTT connection; `RawLink` and `PahoLink` implement it."""
 
@@ -93,20 +101,43 @@ class LinkBase:
         self.next_attempt = 0.0
         self.lost_logged = False
         self._drop_logged = False
+        self.clear_status_on_close = False
+        """Delete the retained link status on a clean stop (per-run client ids would otherwise pile up)."""
+        self.connected_at = 0.0
+        self.quick_kicks = 0
+        self.clash_reported = False
 
     def _up(self) -> None:
         self.connected = True
+        self.connected_at = time.monotonic()
         self.failures = 0
         self._drop_logged = False
         if self.lost_logged:
-            log.warning("MQTT link %s recovered", self.client_id)
+            if not self.clash_reported:
+                log.warning("MQTT link %s recovered", self.client_id)
             self.lost_logged = False
 
-    def _down(self, reason: object) -> None:
+    def _down(self, reason: object, *, by_broker: bool = False, taken_over: bool = False) -> None:
+        """The connection ended. `by_broker`: the broker closed it (not a network error or our own doing);
+        `taken_over`: it said why, MQTT 5 reason 0x8E (session taken over)."""
         was = self.connected
         self.connected = False
-        if was and self.wanted and not self.lost_logged:
-            log.warning("MQTT link %s lost (%s); reconnecting", self.client_id, reason)
+        if not (was and self.wanted):
+            return
+        if taken_over or (by_broker and time.monotonic() - self.connected_at < CLASH_WINDOW_S):
+            self.quick_kicks += 1
+        else:
+            self.quick_kicks = 0
+        if not self.clash_reported and (taken_over or self.quick_kicks >= CLASH_REPEATS):
+            # Reported once; the loop of lost/recovered lines it would cause says nothing more (issue 9).
+            log.error("MQTT client id %s is in use by another client: the broker %s. Give each simulator its own "
+                      "--client-prefix (the default is unique per run)", self.client_id,
+                      "handed its session to the other connection" if taken_over
+                      else f"closed this connection {self.quick_kicks} times right after accepting it")
+            self.clash_reported = True
+        if not self.lost_logged:
+            if not self.clash_reported:
+                log.warning("MQTT link %s lost (%s); reconnecting", self.client_id, reason)
             self.lost_logged = True
 
     def open(self) -> None:
@@ -197,14 +228,14 @@ class RawLink(LinkBase):
     def fileno(self) -> int | None:
         return self.sock.fileno() if self.sock is not None else None
 
-    def _lost(self, reason: object) -> None:
+    def _lost(self, reason: object, *, by_broker: bool = False, taken_over: bool = False) -> None:
         if self.sock is not None:
             try:
                 self.sock.close()
             except OSError:
                 pass
         self.sock = None
-        self._down(reason)
+        self._down(reason, by_broker=by_broker, taken_over=taken_over)
 
     def handle_read(self) -> None:
         if self.sock is None:
@@ -214,10 +245,10 @@ class RawLink(LinkBase):
         except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
         except OSError as exc:
-            self._lost(exc)
+            self._lost(exc, by_broker=isinstance(exc, ConnectionResetError))
             return
         if not data:
-            self._lost("closed by broker")
+            self._lost("closed by broker", by_broker=True)
             return
         self.rbuf += data
         try:
@@ -243,7 +274,9 @@ class RawLink(LinkBase):
                     if self.online_message is not None:
                         self.publish(self.online_message[0], self.online_message[1], 1, True)
                 elif kind == wire.DISCONNECT:
-                    self._lost("DISCONNECT from broker")
+                    code = body[0] if body else 0
+                    self._lost(f"DISCONNECT from broker (reason 0x{code:02x})", by_broker=True,
+                               taken_over=code == SESSION_TAKEN_OVER)
                     return
         except ValueError as exc:
             self._lost(exc)
@@ -324,7 +357,9 @@ class RawLink(LinkBase):
         self.wanted = False
         if self.sock is not None and self.connected:
             if self.will is not None:
-                self.publish(self.will[0], self.will[1], 1, True)
+                self.publish(self.will[0], self.will[1], 1, not self.clear_status_on_close)
+                if self.clear_status_on_close:
+                    self.publish(self.will[0], b"", 1, True)  # an empty retained message deletes the retained one
             self.wbuf += wire.DISCONNECT_PACKET
             deadline = time.monotonic() + 2.0
             while self.wbuf and self.sock is not None and time.monotonic() < deadline:
@@ -377,7 +412,8 @@ class PahoLink(LinkBase):
             client.publish(self.online_message[0], self.online_message[1], qos=1, retain=True)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        self._down(reason)
+        code = getattr(reason, "value", None)
+        self._down(reason, by_broker=self.wanted and code != 0, taken_over=code == SESSION_TAKEN_OVER)
 
     def open(self) -> None:
         self.error = None
@@ -432,7 +468,9 @@ class PahoLink(LinkBase):
         self.wanted = False
         if self.connected:
             if self.will is not None:
-                self.client.publish(self.will[0], self.will[1], qos=1, retain=True)
+                self.client.publish(self.will[0], self.will[1], qos=1, retain=not self.clear_status_on_close)
+                if self.clear_status_on_close:
+                    self.client.publish(self.will[0], b"", qos=1, retain=True)
             self.client.disconnect()
         self.connected = False
 
@@ -465,7 +503,12 @@ class MqttOutput:
         protocol: str = "3.1.1",
         transport: str = "raw",
         link_status_prefix: str = "occ/sim",
+        gateway_id: str | None = None,
+        per_run_ids: bool = False,
     ) -> None:
+        """`per_run_ids`: the client ids are unique to this run, so a clean stop deletes the connections'
+        retained status instead of leaving `offline` behind for every run (a crash still leaves its Will).
+        `gateway_id` (default: the client prefix) names the gateway in gateway mode."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         self.address = address
@@ -490,9 +533,11 @@ class MqttOutput:
             for k in range(count):
                 client_id = client_prefix if mode == "gateway" else f"{client_prefix}-{k}"
                 status = f"{link_status_prefix}/{client_id}/status"
-                self.links.append(make_link(transport, address, client_id, will=(status, b"offline"),
-                                            online=(status, b"online"), **common))
-        self.gateway_topic = f"{topic_prefix}/gateway/{client_prefix}/telemetry"
+                link = make_link(transport, address, client_id, will=(status, b"offline"),
+                                 online=(status, b"online"), **common)
+                link.clear_status_on_close = per_run_ids
+                self.links.append(link)
+        self.gateway_topic = f"{topic_prefix}/gateway/{gateway_id or client_prefix}/telemetry"
 
     # ---- connection management -----------------------------------------------------------------------------
 

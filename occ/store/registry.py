@@ -83,6 +83,21 @@ class Registry(StoreBase):
             )
         return Device(**dict(row)) if row else None
 
+    async def remove_devices(self, device_ids: Sequence[str]) -> list[str]:
+        """Unregister devices; returns the ids that were registered. Their readings, events and status history
+        stay (history is evidence); their `latest` values and current status go, so live views forget them.
+        Ingest stops accepting them at its next registry refresh (with `auto_register`, a removed device that
+        keeps publishing comes back as unprovisioned)."""
+        ids = sorted(set(device_ids))
+        if not ids:
+            return []
+        async with self._connection() as conn, conn.transaction():
+            rows = await conn.fetch("DELETE FROM devices WHERE id = ANY($1::text[]) RETURNING id", ids)
+            removed = sorted(r["id"] for r in rows)
+            await conn.execute("DELETE FROM latest WHERE device_id = ANY($1::text[])", removed)
+            await conn.execute("DELETE FROM device_status WHERE device_id = ANY($1::text[])", removed)
+        return removed
+
     async def register_unprovisioned(self, ids_with_kind: Mapping[str, str]) -> int:
         """Register devices seen on the bus but not in the catalog (provisioned=false); existing devices are
         left untouched. Returns how many were new."""

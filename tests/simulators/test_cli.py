@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import orjson
 import pytest
-from simhelpers import CONFIG
+from simhelpers import CONFIG, ROOT
 
 from occ.catalog import Catalog
 from occ.devices import load_devices
@@ -129,3 +130,21 @@ def test_check_reports_failed_expectations(tmp_path: Path, capsys: pytest.Captur
                "--config-dir", str(CONFIG)])
     assert rc == 1
     assert "FAIL HG-BQ-RG01" in capsys.readouterr().out
+
+
+def test_logs_are_logfmt_like_every_service(tmp_path: Path) -> None:
+    import re
+    import subprocess
+    import sys
+
+    out = tmp_path / "day.jsonl"
+    result = subprocess.run(
+        [sys.executable, "-m", "simulators", "--no-mqtt", "--out", str(out), "--fast", "--duration", "10m",
+         "--kinds", "hydromet", "--seed", "1", "--config-dir", str(CONFIG)],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    logged = [line for line in result.stderr.splitlines() if line.startswith("ts=")]
+    assert logged, result.stderr
+    assert any(re.fullmatch(r'ts=\S+Z level=info service=simulate logger=simulators msg="simulating \d+ devices.*"',
+                            line) for line in logged), logged

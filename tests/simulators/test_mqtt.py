@@ -141,3 +141,56 @@ def test_load_mode_at_qos1_loses_nothing(mqtt_url: str) -> None:
     finally:
         sub.close()
     clear_retained(mqtt_url, [f"occ/sim/{cfg.client_prefix}-{k}/status" for k in (0, 1)])
+
+
+# --- client ids (issue 9: `occ simulate` next to `occ up --demo` fought over the same ids) --------------------
+
+
+def test_default_client_ids_are_unique_per_run() -> None:
+    code = "from simulators.cli import default_client_prefix as d; print(d('sim'))"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
+                           cwd=ROOT).stdout.strip() for _ in range(2)}
+    assert len(runs) == 2, runs
+    assert all(run.startswith("occ-sim-") and len(run.rsplit("-", 1)[1]) == 6 for run in runs)
+
+
+@pytest.mark.parametrize("version", ["3.1.1", "5"])
+def test_a_client_id_clash_is_reported_once_with_the_fix(
+    mqtt_url: str, mqtt_services_url: str, version: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two simulators given the same --client-prefix: the broker keeps one connection per id and closes the other,
+    in a loop. That is said once per link, with what to do, instead of a 'lost'/'recovered' pair per round."""
+    import logging
+    import time
+
+    from simulators.publisher import CLASH_REPEATS, MqttOutput
+
+    url = mqtt_services_url if version == "5" else mqtt_url
+    prefix = unique()
+    outputs = [MqttOutput(parse_mqtt_url(url), connections=1, client_prefix=prefix, topic_prefix=f"{prefix}/v1",
+                          protocol=version) for _ in range(2)]
+    caplog.set_level(logging.WARNING, logger="simulators.publisher")
+    try:
+        outputs[0].start()
+        outputs[1].start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(o.links[0].clash_reported for o in outputs):
+            for output in outputs:
+                output.pump(0.05)
+        clashes = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert any(o.links[0].clash_reported for o in outputs), caplog.text
+        assert 1 <= len(clashes) <= 2, caplog.text  # once per link at most
+        message = clashes[0].getMessage()
+        assert f"MQTT client id {prefix}-0 is in use by another client" in message
+        assert "--client-prefix" in message
+        for output in outputs:  # the loop goes on; the logs stay quiet
+            for _ in range(40):
+                output.pump(0.05)
+        lost = [r for r in caplog.records if "lost" in r.getMessage()]
+        assert len(lost) <= 2 * CLASH_REPEATS, "a 'lost' line per round until the clash is recognised, then silence"
+        assert len([r for r in caplog.records if r.levelno == logging.ERROR]) <= 2
+    finally:
+        for output in outputs:
+            output.close()
+    clear_retained(mqtt_url, [f"occ/sim/{prefix}-0/status"])

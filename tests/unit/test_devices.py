@@ -286,3 +286,81 @@ def test_area_file_errors_carry_the_line(text: str, line: int, reason: str) -> N
         parse_areas(text, "areas.yaml")
     assert reason in info.value.reason
     assert info.value.line == line
+
+
+# -- import plan (issue 9: a re-import silently turned a rain gauge into a camera) --------------------------
+
+
+def test_import_plan_says_created_updated_unchanged_with_differences() -> None:
+    from occ.devices import MISSING, plan_import
+
+    gauge = Device("HG-BQ-RG01", "hydromet", "Rain gauge", 22.4, 104.8, "bac-quang",
+                   {"report_interval_s": 600, "sensors": ["rain"]})
+    same = Device("HG-TC-01", "traffic", "Counter", 22.8, 104.9, "ha-giang-city")
+    registry = {d.id: d for d in (gauge, same)}
+    renamed = Device("HG-BQ-RG01", "hydromet", "Rain gauge Bắc Quang", 22.4, 104.8, "bac-quang",
+                     {"report_interval_s": 300})
+    new = Device("HG-NEW-01", "camera")
+    plan = plan_import(registry, [renamed, same, new])
+    assert [(c.device.id, c.action) for c in plan] == [
+        ("HG-BQ-RG01", "updated"), ("HG-TC-01", "unchanged"), ("HG-NEW-01", "created")]
+    assert plan[0].differences == (
+        ("name", "Rain gauge", "Rain gauge Bắc Quang"),
+        ("attributes.report_interval_s", 600, 300),
+        ("attributes.sensors", ["rain"], MISSING),
+    )
+    assert not plan[0].changes_kind and repr(MISSING) == "(none)"
+
+
+def test_import_plan_flags_a_kind_change_and_provisioning() -> None:
+    from occ.cli_devices import describe_plan
+    from occ.devices import plan_import
+
+    registry = {"HG-BQ-RG01": Device("HG-BQ-RG01", "hydromet", attributes={"sensors": ["rain"]}),
+                "AUTO-1": Device("AUTO-1", "hydromet", provisioned=False)}
+    plan = plan_import(registry, [Device("HG-BQ-RG01", "camera"), Device("AUTO-1", "hydromet")])
+    assert plan[0].changes_kind and plan[0].previous_kind == "hydromet"
+    assert plan[1].action == "updated" and plan[1].differences == (("provisioned", False, True),)
+    assert describe_plan(plan) == [
+        "updated    HG-BQ-RG01 (camera)",
+        '    kind: "hydromet" → "camera"',
+        '    attributes.sensors: ["rain"] → (none)',
+        "updated    AUTO-1 (hydromet)",
+        "    provisioned: false → true",
+    ]
+    unchanged = plan_import({"X": Device("X", "camera")}, [Device("X", "camera")])
+    assert describe_plan(unchanged) == [] and describe_plan(unchanged, verbose=True) == ["unchanged  X (camera)"]
+
+
+def test_filters_naming_nothing_list_the_valid_values(catalog: Catalog) -> None:
+    from occ.cli_devices import check_filters
+    from occ.errors import UsageError
+
+    areas = parse_areas(AREAS)
+    registry = [Device("A", "hydromet", area="bac-quang")]
+    check_filters("camera", "ha-giang", registry, catalog=catalog, areas=areas)  # exist, just no devices
+    with pytest.raises(UsageError, match=r"no device kind 'cam'; kinds are: .*camera.*hydromet"):
+        check_filters("cam", None, registry, catalog=catalog, areas=areas)
+    with pytest.raises(UsageError, match=r"no area 'Bắc Quang': areas are ids — did you mean bac-quang\?"):
+        check_filters(None, "Bắc Quang", registry, catalog=catalog, areas=areas)
+    with pytest.raises(UsageError, match=r"no area 'Mars'.*Areas: bac-quang, ha-giang"):
+        check_filters(None, "Mars", registry, catalog=catalog, areas=areas)
+
+
+def test_history_times_are_read_in_the_site_zone() -> None:
+    from datetime import UTC, datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    from occ.cli_history import parse_time
+    from occ.errors import UsageError
+
+    tz = ZoneInfo("Asia/Ho_Chi_Minh")
+    now = datetime(2026, 11, 27, 12, 0, tzinfo=tz)
+    assert parse_time("now", tz=tz, now=now, what="to") == now
+    assert parse_time("-6h", tz=tz, now=now, what="from") == now - timedelta(hours=6)
+    assert parse_time("2d ago", tz=tz, now=now, what="from") == now - timedelta(days=2)
+    assert parse_time("2026-11-27", tz=tz, now=now, what="from") == datetime(2026, 11, 26, 17, 0, tzinfo=UTC)
+    assert parse_time("2026-11-27T07:00", tz=tz, now=now, what="from") == datetime(2026, 11, 27, 0, 0, tzinfo=UTC)
+    assert parse_time("2026-11-27T07:00Z", tz=tz, now=now, what="from") == datetime(2026, 11, 27, 7, 0, tzinfo=UTC)
+    with pytest.raises(UsageError, match="--from 'yesterday'"):
+        parse_time("yesterday", tz=tz, now=now, what="from")
