@@ -70,6 +70,7 @@ SAMPLE_VALUES = {
     "site.timezone": "Asia/Bangkok",
     "log_level": "WARNING",
     "mqtt.topic_prefix": "x",
+    "ingest.transport": "paho",
 }
 
 
