@@ -72,7 +72,7 @@ FOREIGN_LOAD = ("import sys, time\nd = float(sys.argv[1])\nwhile True:\n    t = 
                 "    while time.perf_counter() - t < 0.01 * d:\n        pass\n    time.sleep(0.01 * (1 - d))\n")
 OTHER_LOAD_WARN_PCT = 25  # % of a core used by other work during a window that makes the run suspect
 CPU_MARK_EARLY_S = 0.6  # the second CPU snapshot is taken this long before the publishers stop
-PHASES = ("copy", "sub", "single", "batched", "latency", "baseline", "backfill")
+PHASES = ("receive", "copy", "sub", "single", "batched", "latency", "baseline", "backfill")
 TARGETS = {  # on 2 cores (the issue's words)
     "single_msgs_per_s": 10_000,
     "batched_readings_per_s": 80_000,
@@ -909,6 +909,17 @@ class Bench:
         info = machine_info()
         log(f"machine: {info['cpu_model']}, {info['cores']} usable cores, {info['mem_mb']:,} MB; "
             f"{'quick' if o.quick else 'full'} run, {o.publishers} publisher processes, {o.workers} ingest worker(s)")
+        if "receive" in want:
+            log("receive paths in isolation (bench.receive): native vs paho, CPU of one process")
+            from bench import receive
+
+            phase = Phase("receive")
+            phase.figures.update(await asyncio.to_thread(receive.run, 50_000 if o.quick else 200_000,
+                                                         o.transports))
+            f = phase.figures
+            log(f"receive: native {f.get('native_cpu_us_per_msg')} µs/msg, paho {f.get('paho_cpu_us_per_msg')} "
+                f"µs/msg ({f.get('paho_vs_native_cpu')}×)")
+            self.phases["receive"] = phase
         await self.setup()
         if "copy" in want:
             log("C-tool limit: psql \\copy")
@@ -949,6 +960,9 @@ class Bench:
         if "latency" in want:
             single = self.phases.get(f"single@{name}")
             peak = single.figures["msgs_per_s"] if single else 5000.0
+            if single and not peak > 0:  # NaN or 0: the window saw no commit (a starved machine); use the whole run
+                peak = single.figures["overall_readings_per_s"]
+            peak = peak if peak > 0 else 1000.0
             sustained = None
             if o.latency_rate:
                 rate = o.latency_rate
@@ -1073,6 +1087,9 @@ class Bench:
                                                      native.get("ingest_cpu_us_per_msg"))
         result["paho_vs_native_cpu_per_reading"] = ratio(paho.get("ingest_cpu_us_per_reading"),
                                                          native.get("ingest_cpu_us_per_reading"))
+        result["receive_native_cpu_us_per_msg"] = fig("receive", "native_cpu_us_per_msg", 2)
+        result["receive_paho_cpu_us_per_msg"] = fig("receive", "paho_cpu_us_per_msg", 2)
+        result["receive_paho_vs_native_cpu"] = fig("receive", "paho_vs_native_cpu", 2)
         result["transports"] = list(o.transports)
         result["worker_counts"] = list(o.worker_counts)
         result["foreign_load"] = o.foreign_load
@@ -1150,6 +1167,9 @@ def report(result: dict[str, Any]) -> str:
                      f"{v['single_vs_mosquitto_sub_live']}, {v['batched_vs_psql_copy_pk']}")
     lines.append(f"    paho / native CPU per message: {r['paho_vs_native_cpu_per_msg']}×, per reading: "
                  f"{r['paho_vs_native_cpu_per_reading']}× (same run)")
+    lines.append(f"    receive path alone (bench.receive, CPU of one process): native "
+                 f"{r['receive_native_cpu_us_per_msg']} µs/msg, paho {r['receive_paho_cpu_us_per_msg']} µs/msg "
+                 f"({r['receive_paho_vs_native_cpu']}×)")
     lines += ["", "  CPU, % of one core, over each measured window ('other': whatever else ran on the machine):"]
     for name, split in r["cpu_split_pct"].items():
         ordered = sorted(split.items(), key=lambda kv: -kv[1])
@@ -1178,8 +1198,13 @@ async def amain(options: Options) -> dict[str, Any]:
             log(f"kept {work}")
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM takes Ctrl-C's path: the run is cancelled and its servers are stopped
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     options = Options.parse(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     result = asyncio.run(amain(options))
     print(report(result))
     print(json.dumps(result, ensure_ascii=False))

@@ -91,7 +91,8 @@ class Inbound:
     topic: str
     payload: bytes
     received: float
-    delivery: Delivery | None
+    delivery: Delivery | int | None
+    """What the transport's `ack` takes: a paho-path `Delivery`, or the native path's int handle."""
 
 
 @dataclass(slots=True)
@@ -487,9 +488,10 @@ class IngestService:
             received = time.time()
             self._last_received = time.monotonic()
             flow_received = self.flow.received
+            base = generation << 16  # occ.mqtt.transport.handle(), inlined: this loop runs per message
             for p in publishes:
                 payload = bytes(p.payload)  # the read buffer is shared by the whole read: keep only this message
-                item = Inbound(p.topic, payload, received, Delivery(p.packet_id, 1, generation) if p.qos else None)
+                item = Inbound(p.topic, payload, received, base | p.packet_id if p.qos else None)
                 actions = flow_received(item, len(payload))
                 if actions:
                     self._apply(actions)
@@ -619,7 +621,7 @@ class IngestService:
         if bus is not None:
             for message in batch.messages:
                 if message.delivery is not None:
-                    bus.ack(message.delivery)
+                    bus.ack(message.delivery)  # type: ignore[arg-type]  # each transport gets its own handles
         n = len(batch.messages)
         m = self.metrics
         m.acked.inc(n)

@@ -131,6 +131,9 @@ MAX_VARINT: Final = 268_435_455  # four bytes of seven bits (§1.5.5)
 MAX_PACKET_SIZE: Final = MAX_VARINT + 5
 _PUBACK_BASE: Final = 0x4002_0000  # 0x40 (PUBACK), remaining length 2, then the packet id (§3.4.2.1)
 _PINGREQ: Final = b"\xc0\x00"
+TOPIC_CACHE_MAX: Final = 65_536
+"""Decoded, validated topic names kept per connection: a fleet sends the same topics over and over, and a
+dictionary hit costs less than decoding and checking the name again (cleared when full: bounded memory)."""
 
 
 # -- encoding (what the client sends, plus properties for tests) --------------------------------------------------
@@ -445,6 +448,7 @@ class MqttClientProtocol:
         self._inflight: set[int] = set()
         self._pending_subs: set[int] = set()
         self._next_packet_id = 1
+        self._topics: dict[bytes, str] = {}
         self._partial: list[bytes] = []
         self._partial_len = 0
         self._need = 0
@@ -583,6 +587,8 @@ class MqttClientProtocol:
         Returns the PUBLISH frames in arrival order; control packets become events. Never raises."""
         if self._state is State.CLOSED or not data:
             return []
+        if type(data) is not bytes:
+            data = bytes(data)  # slices must be hashable (topic cache) and immutable (payload views)
         if self._partial:
             self._partial.append(data)
             self._partial_len += len(data)
@@ -619,6 +625,7 @@ class MqttClientProtocol:
         pos = 0
         maximum = self.maximum_packet_size
         inflight = self._inflight
+        topics = self._topics
         receive_maximum = self.receive_maximum
         connected = self._state is State.CONNECTED
         append = out.append
@@ -646,16 +653,10 @@ class MqttClientProtocol:
                 p = body + 2 + ((buf[body] << 8) | buf[body + 1])
                 if p > stop:
                     raise MqttProtocolError("PUBLISH topic runs past the end of the packet", MALFORMED_PACKET)
-                try:
-                    topic = str(view[body + 2 : p], "utf-8")
-                except UnicodeDecodeError:
-                    raise MqttProtocolError("PUBLISH topic is not valid UTF-8", MALFORMED_PACKET) from None
-                if not topic:
-                    raise MqttProtocolError("PUBLISH with an empty topic (topic aliases are not allowed here)",
-                                            TOPIC_ALIAS_INVALID)
-                if "+" in topic or "#" in topic or "\x00" in topic:
-                    raise MqttProtocolError(f"PUBLISH topic {topic[:80]!r} contains a wildcard or U+0000",
-                                            MALFORMED_PACKET)
+                raw = buf[body + 2 : p]
+                topic = topics.get(raw)
+                if topic is None:
+                    topic = self._topic(raw)
                 if qos:
                     if qos == 3:
                         raise MqttProtocolError("PUBLISH with QoS 3", MALFORMED_PACKET)
@@ -695,6 +696,22 @@ class MqttClientProtocol:
                     return end
             pos = stop
         return pos
+
+    def _topic(self, raw: bytes) -> str:
+        """Decode and check a PUBLISH topic name (§3.3.2.1, §4.7.3), then remember it."""
+        try:
+            topic = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MqttProtocolError("PUBLISH topic is not valid UTF-8", MALFORMED_PACKET) from None
+        if not topic:
+            raise MqttProtocolError("PUBLISH with an empty topic (topic aliases are not allowed here)",
+                                    TOPIC_ALIAS_INVALID)
+        if "+" in topic or "#" in topic or "\x00" in topic:
+            raise MqttProtocolError(f"PUBLISH topic {topic[:80]!r} contains a wildcard or U+0000", MALFORMED_PACKET)
+        if len(self._topics) >= TOPIC_CACHE_MAX:
+            self._topics.clear()
+        self._topics[raw] = topic
+        return topic
 
     def _control(self, first: int, view: memoryview, body: int, stop: int) -> None:
         kind = first >> 4

@@ -30,13 +30,19 @@ from occ.mqtt.protocol import MAX_PACKET_SIZE, Closed, ConnAck, MqttClientProtoc
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Delivery", "MqttSubscriber", "Publish"]
+__all__ = ["Delivery", "MqttSubscriber", "Publish", "handle"]
 
 SOCKET_BUFFER = 1 << 22
 CONNECT_TIMEOUT_S = 15.0
 
 PublishHandler = Callable[[list[Publish], int], None]
-"""Called with the PUBLISH frames of one read and the connection's generation (for `Delivery`)."""
+"""Called with the PUBLISH frames of one read and the connection's generation (for `Delivery` or `handle`)."""
+
+
+def handle(packet_id: int, generation: int) -> int:
+    """A delivery handle as a plain int, (generation << 16) | packet id: `ack` takes it like a `Delivery`, and
+    building one per message costs an integer operation instead of an object (this is per message)."""
+    return (generation << 16) | packet_id
 
 
 class _Connection(asyncio.Protocol):
@@ -180,12 +186,18 @@ class MqttSubscriber:
                 pass
         self._teardown()
 
-    def ack(self, delivery: Delivery) -> bool:
-        """Acknowledge one delivery; acks made in the same loop iteration leave in one write, in order.
-        False when its connection is gone (the broker redelivers it on the resumed session)."""
-        if delivery.generation != self._generation or self._conn is None:
+    def ack(self, delivery: Delivery | int) -> bool:
+        """Acknowledge one delivery (a `Delivery` or an int `handle`); acks made in the same loop iteration leave
+        in one write, in order. False when its connection is gone (the broker redelivers it on the resumed
+        session)."""
+        if type(delivery) is int:
+            generation, packet_id = delivery >> 16, delivery & 0xFFFF
+        else:
+            assert isinstance(delivery, Delivery)
+            generation, packet_id = delivery.generation, delivery.mid
+        if generation != self._generation or self._conn is None:
             return False
-        self._acks.append(delivery.mid)
+        self._acks.append(packet_id)
         if not self._ack_scheduled:
             self._ack_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_acks)
