@@ -137,6 +137,40 @@ class Delta:
     item: bytes
 
 
+def delta_frame(seq: int, events: Iterable[Delta], readings: Iterable[Delta]) -> bytes:
+    status: list[bytes] = []
+    alerts: list[bytes] = []
+    for d in events:
+        (status if d.kind == "status" else alerts).append(d.item)
+    return (b'{"type":"delta","seq":' + str(seq).encode() + b',"status":[' + b",".join(status)
+            + b'],"alerts":[' + b",".join(alerts) + b'],"readings":[' + b",".join(d.item for d in readings) + b"]}")
+
+
+class DeltaBatch:
+    """One dispatch's deltas, sorted once for every session. A client that watches everything and had nothing
+    else pending gets the batch's frame, built once and shared (a thousand walls cost one encoding)."""
+
+    __slots__ = ("_frame", "deltas", "events", "readings", "seq")
+
+    def __init__(self, deltas: Sequence[Delta]) -> None:
+        self.deltas = deltas
+        self.readings: dict[str, Delta] = {}
+        self.events: list[Delta] = []
+        for d in deltas:
+            if d.kind == "reading":
+                self.readings.pop(d.device_id, None)
+                self.readings[d.device_id] = d
+            else:
+                self.events.append(d)
+        self.seq = deltas[-1].seq if deltas else 0
+        self._frame: bytes | None = None
+
+    def frame(self) -> bytes:
+        if self._frame is None:
+            self._frame = delta_frame(self.seq, self.events, self.readings.values())
+        return self._frame
+
+
 class Hub:
     """The current state of everything on the wall, and the last `history` changes, numbered.
 
@@ -390,6 +424,7 @@ class FeedSession:
         self._control: deque[bytes] = deque()
         self._events: deque[Delta] = deque()
         self._readings: dict[str, Delta] = {}
+        self._shared: DeltaBatch | None = None
         self._need_snapshot = False
         self._snapshot_times: deque[float] = deque()
         self._behind_since: float | None = None
@@ -443,6 +478,7 @@ class FeedSession:
         self._refresh_visible()
         self._events.clear()
         self._readings.clear()
+        self._shared = None
         self._behind_since = None
         self._offered_seq = self.hub.seq
         stream = doc.get("stream")
@@ -463,18 +499,35 @@ class FeedSession:
             self._visible_version = self.hub.devices_version
 
     # -- changes from the hub ------------------------------------------------------------------------
-    def offer(self, deltas: Sequence[Delta], now: float) -> None:
+    def offer(self, deltas: Sequence[Delta] | DeltaBatch, now: float) -> None:
         """Queue the changes this client watches (call with every delta the hub emits, in order)."""
-        if self.closed or self.filter is None or not deltas:
+        batch = deltas if isinstance(deltas, DeltaBatch) else None
+        items: Sequence[Delta] = deltas.deltas if isinstance(deltas, DeltaBatch) else deltas
+        if self.closed or self.filter is None or not items:
             return
-        self._offered_seq = deltas[-1].seq
+        self._offered_seq = items[-1].seq
         if self._need_snapshot:
             return  # the snapshot will carry it
         if self._visible_version != self.hub.devices_version:
             self._refresh_visible()
         visible = self._visible
+        if batch is not None and visible is None:
+            if self._shared is None and not self._events and not self._readings:
+                self._shared = batch  # the common case: up to date, watching everything
+            else:
+                self._unshare()
+                for delta in batch.readings.values():
+                    self._readings.pop(delta.device_id, None)
+                self._readings.update(batch.readings)
+                self._events.extend(batch.events)
+            if self._behind_since is None:
+                self._behind_since = now
+            if len(self._events) > self.max_pending:
+                self._overflow(now)
+            return
+        self._unshare()
         added = False
-        for delta in deltas:
+        for delta in items:
             if visible is not None and delta.device_id not in visible:
                 continue
             if delta.kind == "reading":
@@ -490,8 +543,16 @@ class FeedSession:
         if len(self._events) > self.max_pending:
             self._overflow(now)
 
+    def _unshare(self) -> None:
+        shared = self._shared
+        if shared is not None:
+            self._shared = None
+            self._readings.update(shared.readings)
+            self._events.extend(shared.events)
+
     def _overflow(self, now: float) -> None:
         self.overflows += 1
+        self._shared = None
         self._events.clear()
         self._readings.clear()
         self._behind_since = None
@@ -505,7 +566,8 @@ class FeedSession:
 
     @property
     def wants_send(self) -> bool:
-        return bool(self._control or self._need_snapshot or self._events or self._readings) and not self.closed
+        pending = self._control or self._need_snapshot or self._events or self._readings or self._shared
+        return bool(pending) and not self.closed
 
     def take(self, now: float, now_epoch: float) -> list[bytes]:
         """Every frame due now, in order; the adapter sends them and calls again when woken."""
@@ -518,17 +580,13 @@ class FeedSession:
             self.snapshots_sent += 1
             self._offered_seq = self.hub.seq
             frames.append(self.hub.snapshot(self.filter, now_epoch))
+        elif self._shared is not None:
+            frames.append(self._shared.frame())
+            self._shared = None
         elif self._events or self._readings:
-            status = [d.item for d in self._events if d.kind == "status"]
-            alerts = [d.item for d in self._events if d.kind == "alert"]
-            readings = [d.item for d in self._readings.values()]
+            frames.append(delta_frame(self._offered_seq, self._events, self._readings.values()))
             self._events.clear()
             self._readings.clear()
-            frames.append(
-                b'{"type":"delta","seq":' + str(self._offered_seq).encode()
-                + b',"status":[' + b",".join(status) + b'],"alerts":[' + b",".join(alerts)
-                + b'],"readings":[' + b",".join(readings) + b"]}"
-            )
         self._behind_since = None
         if frames:
             self._last_sent = now

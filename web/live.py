@@ -30,7 +30,7 @@ from occ.codecs import Decoder
 from occ.metrics import Registry
 from occ.store import Store
 from web.errors import api_error
-from web.feed import CLOSE_GOING_AWAY, Delta, DeviceInfo, FeedSession, Hub
+from web.feed import CLOSE_GOING_AWAY, Delta, DeltaBatch, DeviceInfo, FeedSession, Hub
 from web.security import PRINCIPAL, access, origin_allowed
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 MAX_CLIENT_MESSAGE = 4096
 UNKNOWN_REFRESH_S = 10.0
 SEND_TIMEOUT_S = 30.0
+SNAPSHOTS_IN_FLIGHT = 16
+SNAPSHOT_DRAINED_BYTES = 256 * 1024
 
 
 def device_info(d: Any) -> DeviceInfo:
@@ -94,6 +96,7 @@ class LiveGateway:
         self._last_refresh = -UNKNOWN_REFRESH_S
         self._refreshing = False
         self._alert_seq: dict[str, int] = {}
+        self._snapshot_gate = asyncio.Semaphore(SNAPSHOTS_IN_FLIGHT)
         registry = registry or Registry()
         self.failure: BaseException | None = None
         self.m_messages = registry.counter("occ_web_mqtt_messages_total", "MQTT messages by channel", ("channel",))
@@ -263,10 +266,11 @@ class LiveGateway:
     def dispatch(self, now: float) -> None:
         """Hand the accumulated deltas to every session and wake the writers that have something to send."""
         deltas, self._pending = self._pending, []
+        batch = DeltaBatch(deltas) if deltas else None
         for client in list(self.clients):
             session = client.session
-            if deltas:
-                session.offer(deltas, now)
+            if batch is not None:
+                session.offer(batch, now)
             if session.closed is not None:
                 self._schedule_close(client)
             elif session.wants_send:
@@ -304,6 +308,17 @@ class LiveGateway:
             if transport is not None:
                 transport.abort()
 
+    async def _send_snapshot(self, ws: web.WebSocketResponse, frame: bytes) -> None:
+        """Snapshots are large (≈150 bytes a device): a thousand walls connecting at once would each park one
+        in their socket buffer. A few go out at a time, each until the kernel has taken most of it."""
+        async with self._snapshot_gate:
+            await asyncio.wait_for(ws.send_frame(frame, WSMsgType.TEXT), SEND_TIMEOUT_S)
+            transport = ws._req.transport if ws._req is not None else None
+            deadline = self.clock() + SEND_TIMEOUT_S
+            while transport is not None and not transport.is_closing() and \
+                    transport.get_write_buffer_size() > SNAPSHOT_DRAINED_BYTES and self.clock() < deadline:
+                await asyncio.sleep(0.005)
+
     async def _writer(self, client: LiveClient) -> None:
         session = client.session
         ws = client.ws
@@ -313,7 +328,10 @@ class LiveGateway:
                 client.wake.clear()
                 frames = session.take(self.clock(), time.time())
                 for frame in frames:
-                    await asyncio.wait_for(ws.send_frame(frame, WSMsgType.TEXT), SEND_TIMEOUT_S)
+                    if frame.startswith(b'{"type":"snapshot"'):
+                        await self._send_snapshot(ws, frame)
+                    else:
+                        await asyncio.wait_for(ws.send_frame(frame, WSMsgType.TEXT), SEND_TIMEOUT_S)
                     self.m_frames.inc()
                 if session.closed is not None:
                     self._schedule_close(client)

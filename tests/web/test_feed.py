@@ -203,3 +203,24 @@ def test_repeated_bad_messages_close_with_reason() -> None:
         session.receive("garbage", 0.0)
     assert session.closed is not None and session.closed.code == CLOSE_POLICY
     assert "too many bad messages" in session.closed.reason
+
+
+def test_batches_share_one_frame_and_merge_with_a_backlog() -> None:
+    from web.feed import DeltaBatch
+
+    hub = make_hub()
+    a, b, behind = (FeedSession(hub, now=0.0) for _ in range(3))
+    for s in (a, b, behind):
+        subscribe(s)
+    first = DeltaBatch(hub.reading("WL1", EPOCH, {"water_level_m": 99.0}, now=1.0) + hub.alert(alert(5, "RG1")))
+    for s in (a, b, behind):
+        s.offer(first, 1.0)
+    [fa], [fb] = a.take(1.0, EPOCH), b.take(1.0, EPOCH)
+    assert fa is fb  # encoded once for every up-to-date client
+    second = DeltaBatch(hub.reading("WL1", EPOCH + 5, {"water_level_m": 99.5}, now=2.0)
+                        + hub.status("CAM1", "offline", EPOCH))
+    behind.offer(second, 2.0)  # `behind` never took `first`: both merge, readings coalesced per device
+    [merged] = frames(behind, 2.0)
+    assert merged["seq"] == hub.seq
+    assert [r["values"] for r in merged["readings"]] == [{"water_level_m": 99.5}]
+    assert [x["id"] for x in merged["alerts"]] == [5] and [x["id"] for x in merged["status"]] == ["CAM1"]
