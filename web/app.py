@@ -15,6 +15,7 @@ from aiohttp import web
 from occ.catalog import Catalog
 from occ.codecs import Decoder
 from occ.config import Config
+from occ.errors import ServiceError
 from occ.metrics import Registry
 from occ.store import Store
 from web import api
@@ -102,9 +103,11 @@ class WebService:
         """The application (store opened, nothing listening yet; the gateway starts with the app)."""
         config = self.config
         if self.store is None:
-            from occ.cli import _open_store
-
-            self.store = await _open_store(config, migrate=False)
+            db = config.database
+            if not db.url:
+                raise ServiceError("web needs a database: set OCC_DATABASE_URL or start `occ up`")
+            self.store = await Store.connect(db.url, pool_size=db.pool_size, migrate=False,
+                                             timescaledb=db.timescaledb, timezone=config.site.timezone)
         registry = Registry()
         catalog_path = config.config_path / "metrics.yaml"
         catalog = Catalog.load(catalog_path) if catalog_path.exists() else Catalog.default()
@@ -144,7 +147,11 @@ class WebService:
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await self.runner.setup()
         site = web.TCPSite(self.runner, w.host, self.port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.stop()
+            raise ServiceError(f"web cannot listen on {w.host}:{self.port}: {exc.strerror or exc}") from None
         server: Any = site._server
         self.bound_port = int(server.sockets[0].getsockname()[1]) if server and server.sockets else self.port
         log.info("web on http://%s:%d", w.host, self.bound_port)
