@@ -65,6 +65,7 @@ from occ.codecs import Decoder
 from occ.config import Config
 from occ.errors import ConfigError, StoreUnavailable
 from occ.http import start_health_server
+from occ.lifecycle import unless_stopped
 from occ.metrics import Registry
 from occ.models import DeadLetter, Decoded, Event, ReadingRow, RejectCode, StatusChange
 from occ.mqtt.protocol import Publish
@@ -712,7 +713,10 @@ async def run(config: Config, *, stop: asyncio.Event | None = None, drain: async
 
     loop.set_exception_handler(unhandled)
     try:
-        await service.start(subscribe=not drain_only)
+        # A start can wait for ever (no database, a refusing broker): a stop signal must end it (issue 11 item 4).
+        if not await unless_stopped(service.start(subscribe=not drain_only), stop):
+            await service.stop()
+            return 0
         if drain_only:
             drain.set()
         waits = {asyncio.ensure_future(e.wait()) for e in (stop, drain, service.failed)}

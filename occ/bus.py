@@ -19,18 +19,23 @@ holds unacknowledged, which its own bound limits.
 Leaving for good (draining a shared-subscription member): `await unsubscribe(topic)` waits for the UNSUBACK,
 and `close(session_expiry_s=0)` ends the session at the broker (MQTT 5 §3.14.2.2.2) once the DISCONNECT,
 behind every ack queued before it, has been written.
+
+Reconnect discipline (issue 11 item 10): every failed attempt, refused CONNACKs included, waits a capped
+exponential backoff with jitter (occ.backoff); the log says what changed (unreachable, refused, connected,
+lost) once per change, never once per attempt. `close()` ends the client in any state, mid-connect included:
+the blocking TCP connect runs on a daemon thread that nobody waits for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import select
 import socket
 import ssl
+import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -38,6 +43,9 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from occ.backoff import Backoff
+from occ.errors import BrokerUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +58,7 @@ class BrokerAddress:
     host: str
     port: int
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a repr, a log line or a traceback
     tls: bool = False
 
     def __str__(self) -> str:
@@ -155,6 +163,7 @@ class MqttClient:
         will: tuple[str, bytes, int, bool] | None = None,
         reconnect_max_s: float = 10.0,
         max_outgoing: int = 10_000,
+        reconnect_min_s: float = 0.2,
     ) -> None:
         self.address = BrokerAddress.parse(url)
         self.client_id = client_id
@@ -164,9 +173,12 @@ class MqttClient:
         self._session_expiry_s = session_expiry_s
         self._keepalive_s = keepalive_s
         self._manual_ack = manual_ack
-        self._reconnect_max_s = reconnect_max_s
         self._max_outgoing = max_outgoing
         self._unsubscribes: dict[int, asyncio.Future[None]] = {}
+        self._backoff = Backoff(reconnect_min_s, reconnect_max_s)
+        self._link = "new"
+        """What the log last said about the link: new, unreachable:<error>, refused:<reason>, up, lost."""
+        self.last_error: str | None = None
         self._subscriptions: dict[str, int] = {}
         self._generation = 0
         self._paused = False
@@ -250,7 +262,10 @@ class MqttClient:
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name=f"mqtt:{self.client_id}")
         if wait:
-            await asyncio.wait_for(self.connected.wait(), timeout)
+            try:
+                await asyncio.wait_for(self.connected.wait(), timeout)
+            except TimeoutError:
+                raise BrokerUnavailable(str(self.address), self.last_error or "no answer", timeout) from None
 
     async def close(self, *, session_expiry_s: int | None = None, timeout: float = 5.0) -> None:
         """Disconnect. With `session_expiry_s` (MQTT 5), also set the session's expiry: 0 ends it now.
@@ -315,22 +330,30 @@ class MqttClient:
 
     # -- connection loop ----------------------------------------------------------------------------
     async def _run(self) -> None:
-        delay = 0.2
         while not self._closing:
             self._disconnected.clear()
             try:
                 await self._connect_once()
-            except (OSError, paho.WebsocketConnectionError, ssl.SSLError) as exc:
-                if self.connects == 0 or delay >= self._reconnect_max_s:
-                    log.warning("MQTT %s:%d unreachable: %s", self.address.host, self.address.port, exc)
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, self._reconnect_max_s)
+            except (OSError, paho.WebsocketConnectionError, ssl.SSLError, ValueError) as exc:
+                self.last_error = str(exc) or type(exc).__name__
+                delay = self._backoff.next()
+                self._set_link(f"unreachable:{type(exc).__name__}:{getattr(exc, 'errno', '')}",
+                               "MQTT %s:%d unreachable: %s; retrying with backoff (up to %.0f s)",
+                               self.address.host, self.address.port, self.last_error, self._backoff.cap)
+                await asyncio.sleep(delay)
                 continue
             await self._disconnected.wait()
             if self._closing:
                 return
-            delay = 0.2
-            await asyncio.sleep(delay)
+            # Refused at CONNACK or lost: back off either way. A connection that lived resets the backoff in
+            # _handle_connect, so one that was up for hours retries at once.
+            await asyncio.sleep(self._backoff.next())
+
+    def _set_link(self, state: str, message: str, *args: Any, level: int = logging.WARNING) -> None:
+        """Log `message` only when the link's state changes (one line per outage, not one per attempt)."""
+        if state != self._link:
+            self._link = state
+            log.log(level, message, *args)
 
     async def _connect_once(self) -> None:
         properties = None
@@ -339,15 +362,18 @@ class MqttClient:
             properties.SessionExpiryInterval = self._session_expiry_s
             properties.ReceiveMaximum = 65535
         self._client._reset_read_buffer()
-        # The TCP connect blocks; keep it off the loop.
-        await asyncio.to_thread(
-            self._client.connect,
-            self.address.host,
-            self.address.port,
+        assert self._loop is not None
+        done: asyncio.Future[None] = self._loop.create_future()
+        kwargs = dict(
             keepalive=self._keepalive_s,
             clean_start=self._clean_start if self._protocol == paho.MQTTv5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
             properties=properties,
         )
+        # The TCP connect blocks; keep it off the loop, on a daemon thread so that nothing (not even interpreter
+        # exit) waits for a connect to a host that does not answer.
+        threading.Thread(target=self._connect_blocking, args=(done, kwargs), daemon=True,
+                         name=f"mqtt-connect:{self.client_id}").start()
+        await done
         # connect() ran on another thread; register the socket with the loop here.
         sock = self._client.socket()
         if sock is not None and self._sock is None:
@@ -355,6 +381,32 @@ class MqttClient:
         if self._client.want_write():
             self._register_write(self._client, None, sock)
         self._schedule_misc()
+
+    def _connect_blocking(self, done: asyncio.Future[None], kwargs: dict[str, Any]) -> None:
+        error: BaseException | None = None
+        try:
+            self._client.connect(self.address.host, self.address.port, **kwargs)
+        except BaseException as exc:
+            error = exc
+
+        def settle() -> None:
+            if done.cancelled() or self._closing:
+                self._abandon_socket()
+            elif error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(None)
+
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the loop is closed: nobody waits for this connection any more
+            self._abandon_socket()
+
+    def _abandon_socket(self) -> None:
+        sock = self._client.socket()
+        if sock is not None:
+            sock.close()
 
     def _schedule_misc(self) -> None:
         assert self._loop is not None
@@ -376,7 +428,7 @@ class MqttClient:
 
     # -- paho callbacks (all on the loop thread, except socket_open during connect) -----------------
     def _socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        if self._loop is None or sock is None:
+        if self._loop is None or sock is None or self._closing:
             return
         raw: socket.socket = sock
         try:
@@ -384,10 +436,13 @@ class MqttClient:
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
         except OSError:
             pass
-        if self._loop.is_running() and asyncio.get_event_loop_policy() and self._in_loop_thread():
+        if self._in_loop_thread():
             self._attach(raw)
         else:
-            self._loop.call_soon_threadsafe(self._attach, raw)
+            try:
+                self._loop.call_soon_threadsafe(self._attach, raw)
+            except RuntimeError:  # the loop closed while the connect was in flight
+                pass
 
     def _in_loop_thread(self) -> bool:
         try:
@@ -421,7 +476,10 @@ class MqttClient:
             if self._sock is not None:
                 self._loop.add_writer(self._sock, self._on_writable)
         else:
-            self._loop.call_soon_threadsafe(self._register_write, client, userdata, sock)
+            try:
+                self._loop.call_soon_threadsafe(self._register_write, client, userdata, sock)
+            except RuntimeError:  # the loop closed while the connect was in flight
+                pass
 
     def _unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if self._loop is not None and self._sock is not None and self._in_loop_thread():
@@ -459,14 +517,19 @@ class MqttClient:
 
     def _handle_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if getattr(reason, "is_failure", False):
-            log.error("MQTT connection refused by %s:%d: %s", self.address.host, self.address.port, reason)
+            self.last_error = f"refused: {reason}"
+            self._set_link(f"refused:{reason}", "MQTT connection refused by %s:%d: %s; retrying with backoff",
+                           self.address.host, self.address.port, reason, level=logging.ERROR)
             return
         self._generation += 1
         self.connects += 1
+        self._backoff.reset()
+        self.last_error = None
         self.session_present = bool(getattr(flags, "session_present", False))
-        if self.connects > 1:
-            log.info("MQTT reconnected to %s:%d (session present: %s)", self.address.host, self.address.port,
-                     self.session_present)
+        if self._link not in ("new", "up"):
+            log.info("MQTT %s to %s:%d (session present: %s)", "reconnected" if self.connects > 1 else "connected",
+                     self.address.host, self.address.port, self.session_present)
+        self._link = "up"
         if self._subscriptions:
             self._send_subscribe(self._subscriptions)
         self.connected.set()
@@ -487,7 +550,8 @@ class MqttClient:
         self.connected.clear()
         self._teardown_socket()
         if was_connected and not self._closing:
-            log.warning("MQTT connection to %s:%d lost: %s", self.address.host, self.address.port, reason)
+            self.last_error = f"connection lost: {reason}"
+            self._set_link("lost", "MQTT connection to %s:%d lost: %s", self.address.host, self.address.port, reason)
         self._disconnected.set()
 
     def _handle_unsubscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:

@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--broker", choices=("auto", "mosquitto", "iotcore"), default="auto",
                     help="embedded broker (auto: Mosquitto when installed, else rumqttd from iotcore)")
     up.add_argument("--speed", type=float, default=60.0, help="demo simulation speed (default 60×)")
+    up.add_argument("--mqtt-port", type=_port, default=None, help="embedded broker port (default: a free one)")
+    up.add_argument("--db-port", type=_port, default=None, help="embedded PostgreSQL port (default: a free one)")
+    up.add_argument("--bind", default="127.0.0.1", metavar="ADDRESS",
+                    help="address the embedded broker listens on (default 127.0.0.1; 0.0.0.0 lets devices on "
+                         "the LAN connect; the database always stays on 127.0.0.1)")
 
     ingest = sub.add_parser(
         "ingest", help="run one ingest worker",
@@ -107,6 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="device simulators (see `occ simulate --help`)", add_help=False)
     sim.add_argument("args", nargs=argparse.REMAINDER)
     return parser
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (1-65535)")
+    return value
 
 
 def _flags(args: argparse.Namespace) -> dict[str, str]:
@@ -205,38 +220,73 @@ async def _history_command(config: Config, args: argparse.Namespace) -> int:
 
 async def _ingest(config: Config, *, drain_only: bool = False) -> int:
     from ingest.service import run
+    from occ.lifecycle import stop_on_signals
 
     stop, drain = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop_on_signals(stop, name="ingest")
     loop.add_signal_handler(signal.SIGUSR1, drain.set)
     return await run(config, stop=stop, drain=drain, drain_only=drain_only)
 
 
 def _up(config: Config, args: argparse.Namespace) -> int:
-    from occ.supervisor import Supervisor
+    from occ.supervisor import Supervisor, is_wildcard
 
-    supervisor = Supervisor(config, demo=args.demo, workers=args.workers, broker=args.broker, speed=args.speed)
+    supervisor = Supervisor(config, demo=args.demo, workers=args.workers, broker=args.broker, speed=args.speed,
+                            bind=args.bind, mqtt_port=args.mqtt_port, db_port=args.db_port)
+
     def request_stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt  # SIGTERM takes the same clean path as Ctrl-C
+        supervisor.request_stop()  # a flag only: the supervisor stops at its next step, never half-way
 
-    signal.signal(signal.SIGTERM, request_stop)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, request_stop)
+    if not config.mqtt.url and args.bind != "127.0.0.1":
+        exposed = "every interface" if is_wildcard(args.bind) else args.bind
+        log.warning("the embedded broker listens on %s with no authentication: anyone who can reach this "
+                    "machine can publish readings and read every message", exposed)
     try:
         endpoints = supervisor.start()
-        print("OCC is up:", flush=True)
-        for key in ("database_url", "mqtt_url", "mqtt_services_url", "ingest_metrics", "alerts_metrics", "web_url",
-                    "web_login"):
-            if key in endpoints:
-                print(f"  {key:<18} {endpoints.get(key)}", flush=True)
-        print(f"  endpoints file     {config.var_path / 'endpoints.json'}\nPress Ctrl-C to stop.", flush=True)
-        supervisor.watch()
-    except KeyboardInterrupt:
+        if endpoints is not None:
+            _print_endpoints(supervisor, endpoints, config)
+            supervisor.watch()
         print("stopping…", flush=True)
     finally:
         if supervisor.holds_lock:
             supervisor.stop()
     return 0
+
+
+def _print_endpoints(supervisor: Any, endpoints: dict[str, Any], config: Config) -> None:
+    """The stack as a list a person can read: one URL per line, passwords masked."""
+    from occ.redact import redact_url
+
+    broker = endpoints.get("broker")
+    lines = [f"OCC is up (pid {endpoints['pid']}):",
+             f"  database            {redact_url(endpoints['database_url'])}"
+             + ("  (embedded PostgreSQL, data in var/postgres)" if supervisor.postgres else ""),
+             f"  MQTT for devices    {redact_url(endpoints['mqtt_url'])}"
+             + (f"  (embedded {broker})" if broker != "external" else "")]
+    if endpoints["mqtt_services_url"] != endpoints["mqtt_url"]:
+        lines.append(f"  MQTT for services   {redact_url(endpoints['mqtt_services_url'])}  (MQTT 5 listener "
+                     "OCC's own services use; point devices at the URL above)")
+    else:
+        lines.append("  MQTT for services   the same URL (mqtt_services_url: what OCC's own services use, MQTT 5)")
+    if endpoints.get("bind") and endpoints["bind"] != "127.0.0.1":
+        lines.append(f"  broker listens on   {endpoints['bind']} (reachable from other machines)")
+    for name, service in endpoints.get("services", {}).items():
+        if service.get("url"):
+            lines.append(f"  {name:<19} {service['url']}")
+        if service.get("health"):
+            lines.append(f"  {name + ' health':<19} {service['health']}")
+            lines.append(f"  {name + ' metrics':<19} {service['metrics']}")
+        else:
+            lines.append(f"  {name:<19} running (pid {service.get('pid')})")
+    if endpoints.get("web_login"):
+        lines.append(f"  web login           {endpoints['web_login']}")
+    lines.append(f"  endpoints file      {config.var_path / 'endpoints.json'}  (other occ commands read it; "
+                 "it holds the URLs unmasked)")
+    lines.append("Press Ctrl-C to stop.")
+    print("\n".join(lines), flush=True)
 
 
 def _simulate(config: Config, rest: list[str]) -> int:

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from occ.errors import AlreadyRunning, ConfigError, OccError, StoreUnavailable
+from occ.errors import AlreadyRunning, BrokerUnavailable, ConfigError, OccError, StartFailed, StoreUnavailable
 
 EXIT_FAILURE = 1
 """The command could not do its job (a server is unreachable or refused)."""
@@ -42,6 +42,10 @@ def describe(exc: BaseException, *, database_url: str | None = None) -> Failure 
     if isinstance(exc, StoreUnavailable):
         where = _server(database_url)
         return Failure(f"{exc} — is PostgreSQL running{where}? (database.url / OCC_DATABASE_URL)", EXIT_FAILURE)
+    if isinstance(exc, StartFailed):  # `occ up` names the part of the stack that did not come up
+        return Failure(f"up: {exc.part} failed: {exc.reason}", EXIT_FAILURE)
+    if isinstance(exc, BrokerUnavailable):
+        return Failure(str(exc), EXIT_FAILURE)
     if isinstance(exc, OccError):
         return Failure(str(exc), EXIT_USAGE)
     postgres = _postgres_failure(exc, database_url)

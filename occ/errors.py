@@ -59,3 +59,22 @@ class MqttProtocolError(OccError, ValueError):
         self.reason = reason
         self.reason_code = reason_code
         super().__init__(reason)
+
+
+class StartFailed(ServiceError):
+    """`occ up` could not bring one part of the stack up; `part` names it (database, broker, ingest-1, …)."""
+
+    def __init__(self, part: str, reason: str) -> None:
+        self.part = part
+        self.reason = reason
+        super().__init__(f"{part}: {reason}")
+
+
+class BrokerUnavailable(OccError, ConnectionError):
+    """The MQTT broker did not accept a connection in time; `reason` is the last error seen."""
+
+    def __init__(self, address: str, reason: str, waited_s: float) -> None:
+        self.address = address
+        self.reason = reason
+        super().__init__(f"MQTT broker {address} did not accept a connection within {waited_s:.0f} s "
+                         f"(last error: {reason})")

@@ -1,84 +1,319 @@
 """`occ up`: one machine, the whole stack — embedded PostgreSQL and broker when none is configured, then the
-OCC services as child processes. Ctrl-C or SIGTERM stops everything; nothing is left behind.
+OCC services as child processes, all watched and restarted. Ctrl-C, SIGTERM or SIGHUP stops everything.
+
+What this module promises (issue 11 items 1–2, issue 9 item 2, issue 12 item 5):
+
+* **Nothing outlives it.** Every child — services and servers — is started with PR_SET_PDEATHSIG
+  (occ.embedded.proc), so a `kill -9` of `occ up` takes the whole stack with it; the database runs as our
+  foreground child (never `pg_ctl start`, which daemonizes). Servers live in sessions of their own, so a
+  signal to our process group reaches the services first and the servers stop last, on our word. A server an
+  earlier, killed run left on the same var/ is found and stopped before a new one starts.
+* **Everything is watched.** A service or an embedded server that dies is restarted (same ports, same data)
+  with capped backoff, logged once when it goes and once when it is back. A service that exits 0 was told to
+  stop by someone and stays stopped.
+* **"Up" is true.** The database and broker must answer and every service must report healthy before `occ up`
+  prints the endpoints; otherwise `StartFailed` names the part and the reason.
+
+Services are rows of a table: `SERVICES` holds one builder per kind of service, each turning the `Stack` (the
+endpoints and options of this run) into `ServiceSpec`s; `SETUP` likewise lists the one-shot commands run before
+them (migrations, the demo's devices and login). A new service adds its builder there.
 
 A lock file under var/ makes a second `occ up` on the same var/ fail fast with the first one's pid.
-Children get PR_SET_PDEATHSIG so they also die if the supervisor itself is killed.
 """
 
 from __future__ import annotations
 
-import ctypes
+import asyncio
 import fcntl
 import json
 import logging
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
+from occ.backoff import Backoff
 from occ.config import Config
 from occ.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
-from occ.errors import AlreadyRunning, ServiceError
+from occ.embedded.broker import WILDCARDS
+from occ.embedded.proc import die_with_parent
+from occ.errors import AlreadyRunning, StartFailed
+from occ.redact import redact_url
 
 log = logging.getLogger(__name__)
 
-PR_SET_PDEATHSIG = 1
-RESTART_BACKOFF_MAX_S = 30.0
+HEALTH_TIMEOUT_S = 60.0
+"""How long a service may take to report healthy before `occ up` gives up and says which one."""
+STOP_TIMEOUT_S = 15.0
+"""How long services get to drain on SIGTERM before they are killed."""
+TICK_S = 0.2
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
+# -- the table of services ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Stack:
+    """What every service builder gets: where the database and broker are and how this `occ up` was asked
+    to run. `env` is the environment every service starts with (OCC_DATABASE_URL, OCC_MQTT_URL, …)."""
+
+    database_url: str
+    mqtt_url: str
+    """For devices and simulators (MQTT 3.1.1 and, with Mosquitto, 5)."""
+    mqtt_services_url: str
+    """For OCC's own services, which speak MQTT 5 (a listener of its own with rumqttd)."""
+    env: Mapping[str, str]
+    config: Config
+    demo: bool = False
+    workers: int = 2
+    speed: float = 60.0
+    run_id: str = ""
+    var: Path = Path("var")
 
 
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    """One child `occ up` runs (`python -m occ.cli <args>`), restarts when it crashes and checks at start.
+
+    `http_port`: the service's /healthz and /metrics; `occ up` waits for /healthz to answer 200 before it says
+    "up". None for services without one (they only have to stay alive)."""
+
+    name: str
+    args: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    http_port: int | None = None
+    http_host: str = "127.0.0.1"
+    url: str | None = None
+    """A page for people (the web console), printed with the endpoints."""
+
+    @property
+    def health_url(self) -> str | None:
+        return f"http://{self.http_host}:{self.http_port}/healthz" if self.http_port else None
+
+    @property
+    def metrics_url(self) -> str | None:
+        return f"http://{self.http_host}:{self.http_port}/metrics" if self.http_port else None
+
+
+@dataclass(frozen=True, slots=True)
+class SetupStep:
+    """A one-shot `occ <args>` run before the services start; `occ up` fails, naming `what`, unless it exits 0.
+    `note` is shown with the endpoints (and recorded in endpoints.json under `key`)."""
+
+    what: str
+    args: tuple[str, ...]
+    key: str | None = None
+    note: str | None = None
+
+
+ServiceBuilder = Callable[[Stack], list[ServiceSpec]]
+SetupBuilder = Callable[[Stack], list[SetupStep]]
+
+
+def schema_setup(stack: Stack) -> list[SetupStep]:
+    return [SetupStep("database migration", ("db", "migrate"))]
+
+
+def demo_setup(stack: Stack) -> list[SetupStep]:
+    """With --demo: the Hà Giang device catalog and a web console login."""
+    if not stack.demo:
+        return []
+    steps = []
+    devices = sorted((stack.config.config_path / "devices").glob("*.yaml"))
+    if devices:
+        steps.append(SetupStep("device import", ("devices", "import", *map(str, devices))))
+    password_file = stack.var / "demo-admin-password"
+    steps.append(SetupStep("demo login", ("users", "demo-admin", str(password_file)), key="web_login",
+                           note=f"admin / password in {password_file}"))
+    return steps
+
+
+SETUP: tuple[SetupBuilder, ...] = (schema_setup, demo_setup)
+"""One-shot commands before the services, in order."""
+
+
+def ingest_services(stack: Stack) -> list[ServiceSpec]:
+    """`--workers` ingest workers on one shared subscription, each with its own client id and HTTP port."""
+    specs = []
+    for i in range(1, stack.workers + 1):
+        port = free_port()
+        specs.append(ServiceSpec(f"ingest-{i}", ("ingest",), {
+            "OCC_INGEST__CLIENT_ID": f"occ-ingest-{i}", "OCC_INGEST__HTTP_PORT": str(port)}, http_port=port))
+    return specs
+
+
+def alerts_services(stack: Stack) -> list[ServiceSpec]:
+    """The alerts engine (one instance: its state is per rule and device)."""
+    port = free_port()
+    return [ServiceSpec("alerts", ("alerts",), {"OCC_ALERTS__HTTP_PORT": str(port)}, http_port=port)]
+
+
+def web_services(stack: Stack) -> list[ServiceSpec]:
+    """The REST API, live feed and wall page on web.port (a free port when that one is taken)."""
+    host = stack.config.web.host
+    port = _port_or_free(host, stack.config.web.port)
+    local = "127.0.0.1" if host in WILDCARDS else host
+    return [ServiceSpec("web", ("web", "--port", str(port)), http_port=port, http_host=local,
+                        url=f"http://{local}:{port}/")]
+
+
+def _port_or_free(host: str, port: int) -> int:
+    """The configured port when it can be bound, else a free one (a second stack must not fail on 8080)."""
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return free_port()
+    return port
+
+
+def simulator_services(stack: Stack) -> list[ServiceSpec]:
+    """With --demo: the Hà Giang fleet on the normal-day scenario, publishing as devices do."""
+    if not stack.demo:
+        return []
+    return [ServiceSpec("simulate", ("simulate", "--scenario", "normal-day", "--speed", str(stack.speed)),
+                        {"OCC_MQTT_URL": stack.mqtt_url})]
+
+
+SERVICES: tuple[ServiceBuilder, ...] = (ingest_services, alerts_services, web_services, simulator_services)
+"""Every kind of service `occ up` runs, in start order. Add a builder here for a new service."""
+
+
+# -- restart decisions (pure) ---------------------------------------------------------------------------
+class RestartPolicy:
+    """What to do when a supervised process exits: a delay before starting it again, or None to leave it.
+
+    Exit code 0 means the process was told to stop (SIGTERM from an operator, or its own end) and is left
+    stopped unless `restart_clean_exit` (the servers: the stack cannot work without them). Crashes restart
+    with capped exponential backoff, which starts over after a run longer than `healthy_after_s`."""
+
+    def __init__(self, *, restart_clean_exit: bool = False, base_s: float = 0.5, cap_s: float = 30.0,
+                 healthy_after_s: float = 60.0, rng: Callable[[], float] = random.random) -> None:
+        self.restart_clean_exit = restart_clean_exit
+        self.healthy_after_s = healthy_after_s
+        self.backoff = Backoff(base_s, cap_s, jitter=0.2, rng=rng)
+
+    def on_exit(self, code: int | None, ran_s: float) -> float | None:
+        if code == 0 and not self.restart_clean_exit:
+            return None
+        if ran_s >= self.healthy_after_s:
+            self.backoff.reset()
+        return self.backoff.next()
+
+    def on_failed_start(self) -> float:
+        return self.backoff.next()
+
+
+# -- supervised processes -------------------------------------------------------------------------------
 @dataclass
 class Child:
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    process: subprocess.Popen[bytes] | None = None
-    restarts: int = 0
-    next_start: float = 0.0
-    started_at: float = 0.0
+    """A running (or waiting, or stopped) service process."""
 
-    def start(self) -> None:
-        self.process = subprocess.Popen(self.argv, env=self.env, preexec_fn=_die_with_parent)
-        self.started_at = time.monotonic()
+    spec: ServiceSpec
+    env: dict[str, str]
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    next_start: float | None = None
+    stopped: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def start(self, now: float) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "occ.cli", *self.spec.args], env=self.env,
+                                        stdin=subprocess.DEVNULL, preexec_fn=die_with_parent(signal.SIGTERM))
+        self.started_at = now
+        self.next_start = None
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
 
+@dataclass
+class ServerSlot:
+    """An embedded server (database or broker) and its restart state."""
+
+    name: Literal["database", "broker"]
+    server: EmbeddedPostgres | EmbeddedBroker
+    policy: RestartPolicy = field(default_factory=lambda: RestartPolicy(restart_clean_exit=True, base_s=0.25,
+                                                                        cap_s=10.0))
+    started_at: float = 0.0
+    down_since: float | None = None
+    next_start: float | None = None
+    failing: bool = False
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+
+class _StopRequested(Exception):
+    """A signal arrived while `occ up` was still starting."""
+
+
 class Supervisor:
     def __init__(self, config: Config, *, demo: bool = False, workers: int = 2, broker: str = "auto",
-                 speed: float = 60.0) -> None:
+                 speed: float = 60.0, bind: str = "127.0.0.1", mqtt_port: int | None = None,
+                 db_port: int | None = None, health_timeout_s: float = HEALTH_TIMEOUT_S,
+                 services: Sequence[ServiceBuilder] = SERVICES, setup: Sequence[SetupBuilder] = SETUP) -> None:
         self.config = config
         self.demo = demo
         self.workers = workers
         self.broker_kind = broker
         self.speed = speed
+        self.bind = bind
+        self.mqtt_port = mqtt_port
+        self.db_port = db_port
+        self.health_timeout_s = health_timeout_s
+        self.builders = tuple(services)
+        self.setup_builders = tuple(setup)
+        self.notes: dict[str, str] = {}
         self.var = config.var_path.resolve()
         self.postgres: EmbeddedPostgres | None = None
         self.broker: EmbeddedBroker | None = None
+        self.servers: list[ServerSlot] = []
         self.children: list[Child] = []
+        self.stack: Stack | None = None
         self._lock_file: IO[str] | None = None
-        self._stopping = False
+        self._stop_requested = False
+        self._hurry = False
         self.endpoints: dict[str, Any] = {}
 
     @property
     def holds_lock(self) -> bool:
         return self._lock_file is not None
 
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_requested
+
+    def request_stop(self) -> None:
+        """From a signal handler: the first request stops cleanly, a second one stops without waiting."""
+        if self._stop_requested:
+            self._hurry = True
+        self._stop_requested = True
+
+    def _check_stop(self) -> None:
+        if self._stop_requested:
+            raise _StopRequested
+
     # -- lock ---------------------------------------------------------------------------------------
     def acquire_lock(self) -> None:
         self.var.mkdir(parents=True, exist_ok=True)
-        self.var.chmod(0o755)
+        # var/ holds endpoints.json (URLs with passwords) and the data. As root the servers run as their own
+        # users and must traverse var/ to reach their folders: others may traverse (x) but not list it.
+        self.var.chmod(0o711 if os.geteuid() == 0 else 0o700)
         path = self.var / "occ-up.lock"
         handle = open(path, "a+")
         try:
@@ -95,127 +330,245 @@ class Supervisor:
         self._lock_file = handle
 
     # -- start --------------------------------------------------------------------------------------
-    def start(self) -> dict[str, Any]:
+    def start(self) -> dict[str, Any] | None:
+        """Bring the stack up and check it; the endpoints, or None when a stop was requested meanwhile.
+        Raises StartFailed naming the part that did not come up."""
         self.acquire_lock()
+        try:
+            return self._start()
+        except _StopRequested:
+            return None
+
+    def _start(self) -> dict[str, Any]:
         database_url = self.config.database.url
         if not database_url:
-            self.postgres = EmbeddedPostgres(self.var / "postgres")
-            base = self.postgres.start()
-            database_url = base.rsplit("/", 1)[0] + "/occ"
-            _ensure_database(base, "occ")
+            self.postgres = EmbeddedPostgres(self.var / "postgres", port=self.db_port)
+            try:
+                base = self.postgres.start()
+                database_url = base.rsplit("/", 1)[0] + "/occ"
+                _ensure_database(base, "occ")
+            except Exception as exc:
+                raise StartFailed("database", f"the embedded PostgreSQL did not start: {exc}") from exc
+            self.servers.append(ServerSlot("database", self.postgres, started_at=time.monotonic()))
+        else:
+            _check_database(database_url)
+        self._check_stop()
         mqtt_url = self.config.mqtt.url
         services_mqtt = mqtt_url
         if not mqtt_url:
-            self.broker = EmbeddedBroker(self.var / "broker", kind=self.broker_kind)  # type: ignore[arg-type]
-            mqtt_url = self.broker.start()
+            self.broker = EmbeddedBroker(self.var / "broker", kind=self.broker_kind,  # type: ignore[arg-type]
+                                         port=self.mqtt_port, host=self.bind)
+            try:
+                mqtt_url = self.broker.start()
+            except Exception as exc:
+                raise StartFailed("broker", f"the embedded {self.broker.kind} broker did not start: {exc}") from exc
             services_mqtt = self.broker.services_url
-        assert services_mqtt is not None
-        self.endpoints = {"database_url": database_url, "mqtt_url": mqtt_url, "mqtt_services_url": services_mqtt,
-                          "broker": self.broker.kind if self.broker else "external", "pid": os.getpid()}
+            self.servers.append(ServerSlot("broker", self.broker, started_at=time.monotonic()))
+        assert mqtt_url is not None and services_mqtt is not None
+        _check_broker(services_mqtt)
+        self._check_stop()
+
         env = {**os.environ, "OCC_DATABASE_URL": database_url, "OCC_MQTT_URL": services_mqtt,
                "OCC_VAR_DIR": str(self.var), "OCC_CONFIG_DIR": str(self.config.config_path.resolve()),
                "PYTHONUNBUFFERED": "1"}
-        occ = [sys.executable, "-m", "occ.cli"]
-        self._run_once(occ + ["db", "migrate"], env)
-        if self.demo:
-            devices = sorted((self.config.config_path / "devices").glob("*.yaml"))
-            if devices:
-                self._run_once(occ + ["devices", "import", *map(str, devices)], env)
-        ingest_ports = []
-        for i in range(1, self.workers + 1):
-            port = free_port()
-            ingest_ports.append(port)
-            child_env = {**env, "OCC_INGEST__CLIENT_ID": f"occ-ingest-{i}", "OCC_INGEST__HTTP_PORT": str(port)}
-            self.children.append(Child(f"ingest-{i}", occ + ["ingest"], child_env))
-        self.endpoints["ingest_metrics"] = [f"http://127.0.0.1:{p}/metrics" for p in ingest_ports]
-        alerts_port = free_port()
-        self.children.append(Child("alerts", occ + ["alerts"], {**env, "OCC_ALERTS__HTTP_PORT": str(alerts_port)}))
-        self.endpoints["alerts_metrics"] = f"http://127.0.0.1:{alerts_port}/metrics"
-        web_port = _port_or_free(self.config.web.host, self.config.web.port)
-        self.children.append(Child("web", occ + ["web", "--port", str(web_port)], env))
-        self.endpoints["web_url"] = f"http://{self.config.web.host}:{web_port}/"
-        if self.demo:
-            password_file = self.var / "demo-admin-password"
-            self._run_once(occ + ["users", "demo-admin", str(password_file)], env)
-            self.endpoints["web_login"] = f"admin / password in {password_file}"
-        if self.demo:
-            sim_env = {**env, "OCC_MQTT_URL": mqtt_url}
-            self.children.append(Child("simulate", occ + ["simulate", "--scenario", "normal-day",
-                                                          "--speed", str(self.speed)], sim_env))
+        self.stack = Stack(database_url=database_url, mqtt_url=mqtt_url, mqtt_services_url=services_mqtt, env=env,
+                           config=self.config, demo=self.demo, workers=self.workers, speed=self.speed,
+                           run_id=uuid.uuid4().hex[:6], var=self.var)
+        for setup in self.setup_builders:
+            for step in setup(self.stack):
+                self._run_once(step.what, list(step.args), env)
+                if step.key and step.note:
+                    self.notes[step.key] = step.note
+        for builder in self.builders:
+            for spec in builder(self.stack):
+                self.children.append(Child(spec, {**env, **spec.env}))
+        now = time.monotonic()
         for child in self.children:
-            child.start()
-        (self.var / "endpoints.json").write_text(json.dumps(self.endpoints, indent=2) + "\n")
+            child.start(now)
+        self._wait_healthy()
+        if self.broker is not None:
+            self.broker.save()  # the services' persistent sessions are on disk before anything can crash
+        self._write_endpoints()
         return self.endpoints
 
-    def _run_once(self, argv: list[str], env: dict[str, str]) -> None:
-        result = subprocess.run(argv, env=env, preexec_fn=_die_with_parent)
-        if result.returncode != 0:
-            raise ServiceError(f"{' '.join(argv[3:])} failed with exit code {result.returncode}")
+    def _run_once(self, what: str, args: list[str], env: dict[str, str]) -> None:
+        process = subprocess.Popen([sys.executable, "-m", "occ.cli", *args], env=env, stdin=subprocess.DEVNULL,
+                                   preexec_fn=die_with_parent(signal.SIGTERM))
+        while process.poll() is None:
+            if self._stop_requested:
+                process.terminate()
+                process.wait()
+                raise _StopRequested
+            time.sleep(0.05)
+        if process.returncode != 0:
+            raise StartFailed(what, f"`occ {' '.join(args[:2])}` failed with exit code {process.returncode} "
+                                    "(its message is above)")
+
+    def _wait_healthy(self) -> None:
+        """Every service with a health endpoint answers 200; every service is still running."""
+        deadline = time.monotonic() + self.health_timeout_s
+        pending = list(self.children)
+        last: dict[str, str] = {}
+        while pending:
+            self._check_stop()
+            for child in list(pending):
+                assert child.process is not None
+                code = child.process.poll()
+                if code is not None:
+                    raise StartFailed(child.name, f"exited with code {code} while starting (its log is above)")
+                url = child.spec.health_url
+                if url is None:
+                    pending.remove(child)
+                    continue
+                answer = _http_get(url)
+                if answer is not None and answer[0] == 200:
+                    pending.remove(child)
+                elif answer is not None:
+                    last[child.name] = answer[1].decode(errors="replace")[:300]
+            if pending and time.monotonic() > deadline:
+                child = pending[0]
+                detail = last.get(child.name, "its health endpoint never answered")
+                raise StartFailed(child.name, f"not healthy after {self.health_timeout_s:.0f} s: {detail}")
+            if pending:
+                time.sleep(0.1)
+
+    # -- endpoints ----------------------------------------------------------------------------------
+    def _write_endpoints(self) -> None:
+        assert self.stack is not None
+        stack = self.stack
+        self.endpoints = {
+            "database_url": stack.database_url, "mqtt_url": stack.mqtt_url,
+            "mqtt_services_url": stack.mqtt_services_url,
+            "broker": self.broker.kind if self.broker else "external", "pid": os.getpid(),
+            "bind": self.bind if self.broker else None,
+            "ingest_metrics": [c.spec.metrics_url for c in self.children
+                               if c.spec.args[0] == "ingest" and c.spec.metrics_url],
+            "services": {c.name: {"pid": c.process.pid if c.alive() and c.process else None,
+                                  "health": c.spec.health_url, "metrics": c.spec.metrics_url, "url": c.spec.url}
+                         for c in self.children},
+            "servers": {s.name: {"pid": s.server.pid, "port": s.port} for s in self.servers},
+            **{f"{c.name}_url": c.spec.url for c in self.children if c.spec.url},
+            **{f"{c.name}_metrics": c.spec.metrics_url for c in self.children
+               if c.spec.metrics_url and c.spec.args[0] not in ("ingest", "web")},
+            **self.notes,
+        }
+        # URLs may carry passwords: readable by this user only, and replaced atomically (readers never see
+        # half a file).
+        path = self.var / "endpoints.json"
+        tmp = path.with_name(".endpoints.json.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(self.endpoints, indent=2) + "\n")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
 
     # -- run ----------------------------------------------------------------------------------------
     def watch(self) -> None:
-        """Restart children that exit unexpectedly (capped backoff) until stop() is requested."""
-        while not self._stopping:
+        """Restart what dies (servers first, then services) until a stop is requested."""
+        while not self._stop_requested:
             now = time.monotonic()
+            changed = False
+            for slot in self.servers:
+                changed |= self._tend_server(slot, now)
             for child in self.children:
-                if child.process is None or child.alive():
-                    if child.process is None and now >= child.next_start:
-                        child.start()
-                    continue
-                code = child.process.returncode
-                ran = now - child.started_at
-                child.restarts = 0 if ran > 60 else child.restarts + 1
-                delay = min(RESTART_BACKOFF_MAX_S, 0.5 * 2 ** child.restarts)
-                log.error("%s exited with code %s after %.0f s; restarting in %.1f s", child.name, code, ran, delay)
-                child.process = None
-                child.next_start = now + delay
-            time.sleep(0.2)
+                changed |= self._tend_child(child, now)
+            if changed and not self._stop_requested:
+                self._write_endpoints()
+            time.sleep(TICK_S)
+
+    def _tend_server(self, slot: ServerSlot, now: float) -> bool:
+        server = slot.server
+        if server.running():
+            return False
+        if slot.next_start is None:
+            slot.down_since = now
+            delay = slot.policy.on_exit(server.returncode, now - slot.started_at)
+            slot.next_start = now + (delay or 0.0)
+            log.error("embedded %s exited with code %s; restarting it on port %d", slot.name, server.returncode,
+                      slot.port)
+            return False
+        if now < slot.next_start or self._stop_requested:
+            return False
+        try:
+            server.start()
+        except Exception as exc:
+            delay = slot.policy.on_failed_start()
+            if not slot.failing:
+                log.error("restarting the embedded %s failed (%s); retrying with backoff", slot.name, exc)
+            slot.failing = True
+            slot.next_start = time.monotonic() + delay
+            return False
+        down = time.monotonic() - (slot.down_since or now)
+        log.warning("embedded %s is back on port %d after %.1f s", slot.name, slot.port, down)
+        slot.started_at = time.monotonic()
+        slot.down_since = slot.next_start = None
+        slot.failing = False
+        return True
+
+    def _tend_child(self, child: Child, now: float) -> bool:
+        if child.stopped or child.alive():
+            return False
+        if child.process is None or child.next_start is not None:
+            if child.next_start is not None and now >= child.next_start:
+                child.start(now)
+                return True
+            return False
+        code = child.process.returncode
+        ran = now - child.started_at
+        delay = child.policy.on_exit(code, ran)
+        if delay is None:
+            log.warning("%s stopped (exit code 0 after %.0f s); not restarting it", child.name, ran)
+            child.stopped = True
+            return True
+        log.error("%s exited with code %s after %.0f s; restarting in %.1f s", child.name, code, ran, delay)
+        child.next_start = now + delay
+        return False
 
     def stop(self) -> None:
-        self._stopping = True
+        """Services first (SIGTERM, they drain), then the broker, then the database; idempotent."""
+        self._stop_requested = True
         for child in self.children:
             if child.alive():
                 assert child.process is not None
                 child.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while any(c.alive() for c in self.children) and time.monotonic() < deadline and not self._hurry:
+            time.sleep(0.05)
         for child in self.children:
-            if child.process is None:
-                continue
-            try:
-                child.process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            if child.alive():
+                assert child.process is not None
                 log.warning("%s did not stop in time; killing it", child.name)
                 child.process.kill()
+            if child.process is not None:
                 child.process.wait()
         if self.broker:
             self.broker.stop()
         if self.postgres:
-            self.postgres.stop()
+            self.postgres.stop(mode="immediate" if self._hurry else "fast")
         (self.var / "endpoints.json").unlink(missing_ok=True)
         if self._lock_file:
             self._lock_file.close()
             self._lock_file = None
 
 
-def _port_or_free(host: str, port: int) -> int:
-    """The configured port when it can be bound, else a free one (a second stack must not fail on 8080)."""
-    import socket
-
-    with socket.socket() as probe:
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return free_port()
-    return port
+# -- checks ---------------------------------------------------------------------------------------------
+def _http_get(url: str, timeout: float = 1.0) -> tuple[int, bytes] | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        exc.close()
+        return int(exc.code), body
+    except (OSError, TimeoutError):
+        return None
 
 
 def _ensure_database(admin_url: str, name: str) -> None:
-    import asyncio
-
     import asyncpg
 
     async def create() -> None:
-        conn = await asyncpg.connect(admin_url)
+        conn = await asyncpg.connect(admin_url, timeout=10)
         try:
             if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
                 await conn.execute(f'CREATE DATABASE "{name}"')
@@ -223,6 +576,65 @@ def _ensure_database(admin_url: str, name: str) -> None:
             await conn.close()
 
     asyncio.run(create())
+
+
+def _check_database(url: str, timeout: float = 5.0) -> None:
+    """The configured database answers a query (StartFailed with the reason otherwise)."""
+    import asyncpg
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(url, timeout=timeout)
+        try:
+            await conn.fetchval("SELECT 1")
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:
+        detail = str(exc).strip() or type(exc).__name__
+        raise StartFailed("database", f"{redact_url(url)} does not answer: {detail}") from None
+
+
+def _check_broker(url: str, timeout: float = 5.0) -> None:
+    """The broker accepts an MQTT 5 CONNECT from us (StartFailed with the reason otherwise)."""
+    import paho.mqtt.client as paho
+
+    from occ.bus import BrokerAddress
+
+    address = BrokerAddress.parse(url)
+    result: dict[str, Any] = {}
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"occ-up-check-{uuid.uuid4().hex[:8]}",
+                         protocol=paho.MQTTv5)
+    if address.username:
+        client.username_pw_set(address.username, address.password)
+    if address.tls:
+        import ssl
+
+        client.tls_set_context(ssl.create_default_context())
+    client.on_connect = lambda c, u, f, reason, p: result.setdefault("reason", reason)
+    client.connect_timeout = timeout
+    try:
+        client.connect(address.host, address.port, keepalive=10)
+        deadline = time.monotonic() + timeout
+        while "reason" not in result and time.monotonic() < deadline:
+            client.loop(timeout=0.1)
+    except (OSError, ValueError) as exc:
+        raise StartFailed("broker", f"{redact_url(url)} does not answer: {exc}") from None
+    finally:
+        client.disconnect()
+        sock = client.socket()
+        if sock is not None:
+            sock.close()
+    reason = result.get("reason")
+    if reason is None:
+        raise StartFailed("broker", f"{redact_url(url)} accepted TCP but sent no MQTT CONNACK within {timeout:.0f} s")
+    if reason.is_failure:
+        raise StartFailed("broker", f"{redact_url(url)} refused the connection: {reason}")
+
+
+def is_wildcard(host: str) -> bool:
+    return host in WILDCARDS
 
 
 def read_endpoints(var: Path) -> dict[str, Any] | None:

@@ -6,6 +6,11 @@ ack-after-commit consumer is not throttled by a small in-flight window.
 
 rumqttd speaks MQTT 3.1.1 and MQTT 5 on separate listeners, so the iotcore path has two URLs: `url` for
 devices (3.1.1) and `services_url` (MQTT 5) for OCC services. With Mosquitto both are the same listener.
+
+The broker is our child with PR_SET_PDEATHSIG (see occ.embedded.proc) in a session of its own, so it dies with
+us whatever kills us. Run as root, Mosquitto is started directly as the `mosquitto` user (its own `user`
+option would drop privileges after exec and so cancel the death signal). A broker an earlier run left on the
+same data folder is found by its command line and stopped before a new one starts on that persistence.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Literal
 
-from occ.embedded.net import free_port, wait_for_port
+from occ.embedded.net import free_port, port_open
+from occ.embedded.proc import die_with_parent, find_processes, stop_child, terminate
 from occ.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -31,7 +38,7 @@ BrokerKind = Literal["mosquitto", "iotcore"]
 
 MOSQUITTO_CONF = """\
 # Written by OCC for its embedded broker; regenerated at every start.
-listener {port} 127.0.0.1
+listener {port} {host}
 protocol mqtt
 allow_anonymous true
 persistence true
@@ -65,7 +72,7 @@ max_segment_count = 10
 
 [v4.1]
 name = "v4-1"
-listen = "127.0.0.1:{port}"
+listen = "{host}:{port}"
 next_connection_delay_ms = 1
     [v4.1.connections]
     connection_timeout_ms = 60000
@@ -75,7 +82,7 @@ next_connection_delay_ms = 1
 
 [v5.1]
 name = "v5-1"
-listen = "127.0.0.1:{port5}"
+listen = "{host}:{port5}"
 next_connection_delay_ms = 1
     [v5.1.connections]
     connection_timeout_ms = 60000
@@ -105,102 +112,161 @@ def _reachable(path: Path, user: pwd.struct_passwd) -> bool:
     return True
 
 
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
 class EmbeddedBroker:
-    """A broker child process with its config and persistence under `data_dir`."""
+    """A broker child process with its config and persistence under `data_dir`.
+
+    `host` is the listen address (127.0.0.1 unless a LAN must reach it); the URLs stay connectable from this
+    machine either way."""
 
     def __init__(
-        self, data_dir: str | Path, *, kind: BrokerKind | Literal["auto"] = "auto", port: int | None = None
+        self, data_dir: str | Path, *, kind: BrokerKind | Literal["auto"] = "auto", port: int | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         if kind == "auto":
             kind = "mosquitto" if mosquitto_path() else "iotcore"
         self.kind: BrokerKind = kind
+        self.host = host
         self.port = port or free_port()
         self.port5 = self.port if kind == "mosquitto" else free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
+    def _client_host(self) -> str:
+        return "127.0.0.1" if self.host in WILDCARDS else self.host
+
+    @property
     def url(self) -> str:
         """For devices and any MQTT client (3.1.1; also 5 with Mosquitto)."""
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"mqtt://{self._client_host}:{self.port}"
 
     @property
     def services_url(self) -> str:
         """For OCC services, which speak MQTT 5."""
-        return f"mqtt://127.0.0.1:{self.port5}"
+        return f"mqtt://{self._client_host}:{self.port5}"
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process else None
+        return self._process.pid if self.running() and self._process else None
 
-    def _command(self) -> list[str]:
+    @property
+    def returncode(self) -> int | None:
+        return self._process.returncode if self._process else None
+
+    def _mosquitto_user(self) -> pwd.struct_passwd | None:
+        """The user to run Mosquitto as when we are root (None: run as we are)."""
+        if os.geteuid() != 0:
+            return None
+        try:
+            entry = pwd.getpwnam("mosquitto")
+        except KeyError:
+            return None
+        if _reachable(self.data_dir, entry):
+            return entry
+        # As `mosquitto` it could not write its persistence file and log (it only says so on stderr, and then
+        # loses every queued message on a restart).
+        log.warning("%s is not reachable by the mosquitto user; the embedded broker runs as root", self.data_dir)
+        return None
+
+    def _command(self) -> tuple[list[str], pwd.struct_passwd | None]:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)  # persistence holds message payloads
         if self.kind == "mosquitto":
             exe = mosquitto_path()
             if exe is None:
                 raise ServiceError("mosquitto is not installed")
-            user_line = "user root"
-            if os.geteuid() == 0:
-                try:
-                    entry: pwd.struct_passwd | None = pwd.getpwnam("mosquitto")
-                except KeyError:
-                    entry = None
-                if entry is not None and _reachable(self.data_dir, entry):
-                    os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
-                    for child in self.data_dir.iterdir():
-                        os.chown(child, entry.pw_uid, entry.pw_gid)
-                    user_line = "user mosquitto"
-                elif entry is not None:
-                    # Dropping to `mosquitto` would leave it unable to write its persistence file and log
-                    # (it only says so on stderr, and then loses every queued message on a restart).
-                    log.warning("%s is not reachable by the mosquitto user; the embedded broker runs as root",
-                                self.data_dir)
+            user = self._mosquitto_user()
+            if user is not None:
+                os.chown(self.data_dir, user.pw_uid, user.pw_gid)
+                for child in self.data_dir.iterdir():
+                    os.chown(child, user.pw_uid, user.pw_gid)
             conf = self.data_dir / "mosquitto.conf"
-            conf.write_text(MOSQUITTO_CONF.format(port=self.port, data=self.data_dir, user_line=user_line))
-            return [exe, "-c", str(conf)]
+            # Started as its user already; as root with no such user, Mosquitto needs to be told to stay root.
+            user_line = "" if user is not None or os.geteuid() != 0 else "user root"
+            conf.write_text(MOSQUITTO_CONF.format(host=self.host, port=self.port, data=self.data_dir,
+                                                  user_line=user_line))
+            return [exe, "-c", str(conf)], user
         conf = self.data_dir / "rumqttd.toml"
-        conf.write_text(RUMQTTD_TOML.format(port=self.port, port5=self.port5))
+        conf.write_text(RUMQTTD_TOML.format(host=self.host, port=self.port, port5=self.port5))
         # iotcore's child entry point: it exits by itself when our stdin pipe closes (parent gone).
         bootstrap = (
             "import sys, json; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
             "from iotcore._serve import main; main()"
         )
-        return [sys.executable, "-c", bootstrap, json.dumps({"config_path": str(conf)})]
+        return [sys.executable, "-c", bootstrap, json.dumps({"config_path": str(conf)})], None
+
+    def _leftovers(self) -> list[int]:
+        """Brokers on our data folder that we did not start (an earlier run killed before it could stop them)."""
+        confs = (str(self.data_dir / "mosquitto.conf"), str(self.data_dir / "rumqttd.toml"))
+        mine = self._process.pid if self.running() and self._process else None
+
+        def ours(argv: list[str]) -> bool:
+            return any(conf in arg for arg in argv[1:] for conf in confs)
+
+        return [pid for pid in find_processes(ours) if pid != mine]
+
+    def stop_leftovers(self, timeout: float = 10.0) -> None:
+        pids = self._leftovers()
+        if pids:
+            log.warning("stopping a broker left running on %s by an earlier run (pid %s)", self.data_dir,
+                        ", ".join(map(str, pids)))
+            terminate(pids, signal.SIGTERM, timeout=timeout, what="an earlier broker")
 
     def start(self, timeout: float = 15.0) -> str:
-        command = self._command()
+        if self.running():
+            return self.url
+        self.stop_leftovers()
+        command, user = self._command()
+        extra: dict[str, object] = {}
+        if user is not None:
+            extra = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
         with open(self.data_dir / "broker.stderr", "ab") as stderr:  # the child keeps its own copy
             self._process = subprocess.Popen(
-                command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True
+                command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
+                preexec_fn=die_with_parent(signal.SIGTERM), **extra,  # type: ignore[call-overload]
             )
+        deadline = time.monotonic() + timeout
         for port in {self.port, self.port5}:
-            if not wait_for_port("127.0.0.1", port, timeout):
+            while not port_open(self._client_host, port):
                 code = self._process.poll()
-                self.stop()
-                raise ServiceError(f"{self.kind} broker did not listen on {port} (exit code {code})")
+                if code is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise ServiceError(f"{self.kind} broker did not listen on {port} (exit code {code}): "
+                                       f"{_tail(self.data_dir / 'broker.stderr')}")
+                time.sleep(0.05)
         log.info("embedded %s broker listening on %s", self.kind, self.url)
         return self.url
 
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def save(self) -> None:
+        """Ask Mosquitto to write its persistence file now (SIGUSR1), so sessions just made survive a crash."""
+        if self.kind == "mosquitto" and self.running() and self._process is not None:
+            self._process.send_signal(signal.SIGUSR1)
+
     def stop(self, timeout: float = 10.0) -> None:
         process, self._process = self._process, None
         if process is None:
             return
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout)
         if process.stdin:
             process.stdin.close()
+        stop_child(process, signal.SIGTERM, timeout=timeout)
 
     def kill(self) -> None:
         """SIGKILL (fault tests); Mosquitto's last autosave is what survives."""
-        if self._process and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
-        self._process = None
+        process, self._process = self._process, None
+        if process is not None:
+            stop_child(process, signal.SIGKILL, timeout=5)
+            if process.stdin:
+                process.stdin.close()
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""

