@@ -8,6 +8,11 @@
   publish ...`), optionally paced, that reconnects and resends unacknowledged messages by itself; it exits 0
   only when the broker has acknowledged every message.
 * `verify_exactly_once`: every expected (device, metric, ts) is stored once, with its value, nothing else.
+
+Every process started here dies with the test run (PR_SET_PDEATHSIG), even when pytest itself is SIGKILLed.
+`storage_mode(url)` is the one storage mode (database.timescaledb) used with a server for the whole run, chosen
+from what the server offers, so that ingest processes, `seed_devices` and `running_ingest` agree and the ingest
+suite runs on the TimescaleDB path whenever the server has it (issue 11 item 14).
 """
 
 from __future__ import annotations
@@ -25,10 +30,38 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import asyncpg
 
+from occ.embedded.proc import die_with_parent
+
 ROOT = Path(__file__).resolve().parents[2]
+_STORAGE: dict[tuple[str | None, int | None], str] = {}
+
+TIMESCALEDB_USABLE = (
+    "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb') "
+    "AND 'timescaledb' = ANY (string_to_array(replace(current_setting('shared_preload_libraries'), ' ', ''), ','))"
+)
+"""The extension is installed on the server and preloaded: what CREATE EXTENSION needs. (The official image also
+creates it in template1, so every database made there has it already: "installed" is not the test.)"""
+
+
+def storage_mode(database_url: str) -> str:
+    """database.timescaledb for every test against this server: "on" when it can run TimescaleDB, else "off".
+
+    Decided once per server and run (cached), by asking the server, never by a default that differs between
+    helpers: a database migrated on one path and then opened with the other is refused, rightly."""
+    parts = urlsplit(database_url)
+    key = (parts.hostname, parts.port)
+    if key not in _STORAGE:
+        from occ.embedded.postgres import bin_dir
+
+        result = subprocess.run([str(bin_dir() / "psql"), "-X", "-q", "-t", "-A", database_url, "-c",
+                                 TIMESCALEDB_USABLE], capture_output=True, text=True, timeout=30,
+                                env={**os.environ, "LC_ALL": "C"}, check=True)
+        _STORAGE[key] = "on" if result.stdout.strip() == "t" else "off"
+    return _STORAGE[key]
 DEVICES = [f"HG-T-{i:03d}" for i in range(20)]  # registered by ingest_helpers.seed_devices
 METRICS = ("rain_mm", "temperature_c")
 TOPIC = "occ/v1/hydromet/{}/telemetry"
@@ -150,13 +183,13 @@ class IngestProcess:
     """`occ ingest` as a real child process with a fixed client id (its persistent session survives it)."""
 
     def __init__(self, log_path: Path, *, database_url: str, mqtt_url: str, client_id: str, http_port: int,
-                 **settings: str) -> None:
+                 timescaledb: str | None = None, **settings: str) -> None:
         self.log_path = log_path
         self.http_port = http_port
         self.env = clean_env(
             OCC_DATABASE_URL=database_url, OCC_MQTT_URL=mqtt_url, OCC_INGEST__CLIENT_ID=client_id,
             OCC_INGEST__HTTP_PORT=str(http_port), OCC_INGEST__SHARED="false",
-            OCC_DATABASE__TIMESCALEDB="off", OCC_CONFIG_DIR=str(ROOT / "config"),
+            OCC_DATABASE__TIMESCALEDB=timescaledb or storage_mode(database_url), OCC_CONFIG_DIR=str(ROOT / "config"),
         )
         self.env.update({f"OCC_INGEST__{k.upper()}": v for k, v in settings.items()})
         self.process: subprocess.Popen[bytes] | None = None
@@ -166,7 +199,8 @@ class IngestProcess:
         assert not self.alive()
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "occ.cli", "ingest"], cwd=ROOT, env=self.env,
-                                            stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                                            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                            preexec_fn=die_with_parent())
         self.starts += 1
 
     def alive(self) -> bool:
@@ -237,7 +271,7 @@ class PublisherProcess:
         if persistent:
             argv.append("--persistent")
         self.process = subprocess.Popen(argv, cwd=ROOT, env=clean_env(), stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=die_with_parent())
         self.lines: list[dict[str, Any]] = []
         self._stdout: IO[bytes] = self.process.stdout  # type: ignore[assignment]
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -16,13 +16,15 @@ from ingest.service import IngestService
 from occ.bus import BrokerAddress
 from occ.models import Device
 from occ.store import Store
+from tests.integration.fault_helpers import storage_mode
 
 HYDROMET = [Device(id=f"HG-T-{i:03d}", kind="hydromet", name=f"Test station {i}", area="bac-quang",
                    attributes={"report_interval_s": 600}) for i in range(20)]
 
 
 async def seed_devices(database_url: str, devices: Iterable[Device] = HYDROMET) -> None:
-    store = await Store.connect(database_url, pool_size=1)
+    """Register devices, migrating with the run's storage mode (the one ingest will be started with)."""
+    store = await Store.connect(database_url, pool_size=1, timescaledb=storage_mode(database_url))
     try:
         await store.upsert_devices(list(devices))
     finally:
@@ -34,10 +36,12 @@ async def running_ingest(database_url: str, mqtt_url: str, **options: Any) -> As
     options.setdefault("client_id", f"ingest-test-{uuid.uuid4().hex[:8]}")
     options.setdefault("share_group", None)
     options.setdefault("http_port", 0)
-    options.setdefault("store_options", {"timescaledb": "off"})
+    options.setdefault("store_options", {"timescaledb": storage_mode(database_url)})
     service = IngestService(mqtt_url=mqtt_url, database_url=database_url, **options)
-    await service.start()
     try:
+        # Inside the try: a start that fails half-way (a refused migration, say) has already opened its HTTP
+        # socket and maybe a pool; stop() closes them, or they surface later as another test's ResourceWarning.
+        await service.start()
         yield service
     finally:
         await service.stop()
