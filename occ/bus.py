@@ -163,7 +163,7 @@ class MqttClient:
         will: tuple[str, bytes, int, bool] | None = None,
         reconnect_max_s: float = 10.0,
         max_outgoing: int = 10_000,
-        reconnect_min_s: float = 0.2,
+        reconnect_min_s: float = 0.1,
     ) -> None:
         self.address = BrokerAddress.parse(url)
         self.client_id = client_id

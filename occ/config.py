@@ -108,6 +108,17 @@ PORT = between(0, 65535)
 """0 lets the system pick a free port."""
 
 
+def _redacted_repr(section: Any) -> str:
+    """The dataclass repr with passwords in URLs masked (issue 11 item 9: configs end up in logs)."""
+    from occ.redact import redact_url
+
+    parts = []
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        parts.append(f"{f.name}={redact_url(value)!r}" if f.name == "url" and value else f"{f.name}={value!r}")
+    return f"{type(section).__name__}({', '.join(parts)})"
+
+
 @dataclass(frozen=True, slots=True)
 class DatabaseConfig:
     url: str | None = field(default=None, metadata=checked(_url_scheme("postgresql", "postgres")))
@@ -120,6 +131,9 @@ class DatabaseConfig:
     partition_days: int = field(default=7, metadata=between(1, 366))
     partitions_ahead: int = field(default=4, metadata=between(1, 100))
 
+    def __repr__(self) -> str:
+        return _redacted_repr(self)
+
 
 @dataclass(frozen=True, slots=True)
 class MqttConfig:
@@ -129,6 +143,9 @@ class MqttConfig:
     session_expiry_s: int = field(default=7 * 24 * 3600, metadata=between(0, 2**32 - 1))
     """How long the broker keeps a persistent session (and queues for it) while the client is away."""
     topic_prefix: str = field(default="occ/v1", metadata=checked(_topic_part))
+
+    def __repr__(self) -> str:
+        return _redacted_repr(self)
 
 
 @dataclass(frozen=True, slots=True)

@@ -246,7 +246,7 @@ class ServerSlot:
 
     name: Literal["database", "broker"]
     server: EmbeddedPostgres | EmbeddedBroker
-    policy: RestartPolicy = field(default_factory=lambda: RestartPolicy(restart_clean_exit=True, base_s=0.25,
+    policy: RestartPolicy = field(default_factory=lambda: RestartPolicy(restart_clean_exit=True, base_s=0.1,
                                                                         cap_s=10.0))
     started_at: float = 0.0
     down_since: float | None = None
@@ -328,6 +328,8 @@ class Supervisor:
         handle.write(str(os.getpid()))
         handle.flush()
         self._lock_file = handle
+        # Left by a run that was killed: it points at servers that are gone. It is written again once up.
+        (self.var / "endpoints.json").unlink(missing_ok=True)
 
     # -- start --------------------------------------------------------------------------------------
     def start(self) -> dict[str, Any] | None:
@@ -638,8 +640,15 @@ def is_wildcard(host: str) -> bool:
 
 
 def read_endpoints(var: Path) -> dict[str, Any] | None:
-    """The endpoints a running `occ up` wrote, so other commands find its database and broker."""
+    """The endpoints a running `occ up` wrote, so other commands find its database and broker; None when no
+    `occ up` is running there (a file left by a killed run names servers that are gone)."""
     try:
-        return dict(json.loads((var / "endpoints.json").read_text()))
+        endpoints = dict(json.loads((var / "endpoints.json").read_text()))
     except (OSError, ValueError):
         return None
+    pid = endpoints.get("pid")
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, TypeError):
+        return None
+    return endpoints if b"up" in command else None

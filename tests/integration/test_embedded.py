@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import asyncpg
@@ -62,3 +68,60 @@ async def test_embedded_broker_routes_v311_and_v5(broker: EmbeddedBroker) -> Non
     broker.stop()
     assert not broker.running()
     assert not port_open("127.0.0.1", broker.port)
+
+
+# -- a killed test run leaves no server (issue 11 item 1) ------------------------------------------------
+HOLDER = '''
+import json, os, time
+from pathlib import Path
+
+
+def test_hold_the_session_servers(pg_server_url, session_broker, work_dir):
+    Path(os.environ["OCC_HOLD_REPORT"]).write_text(json.dumps({
+        "work_dir": str(work_dir), "database": pg_server_url, "mqtt": session_broker.url,
+        "mqtt_services": session_broker.services_url}))
+    time.sleep(120)
+'''
+
+
+def test_a_sigkilled_pytest_leaves_no_server_behind(tmp_path: Path) -> None:
+    """pytest started the session PostgreSQL and broker (tests/conftest.py), then is killed with SIGKILL (a CI
+    timeout, an impatient developer): within seconds both are gone and their ports are free. Before: the
+    daemonized PostgreSQL stayed up holding its port and data folder."""
+    from urllib.parse import urlsplit
+
+    from occ.embedded.proc import die_with_parent, find_processes
+    from tests.integration.fault_helpers import ROOT, clean_env
+
+    holder = tmp_path / "test_holder.py"
+    holder.write_text(HOLDER)
+    report = tmp_path / "report.json"
+    with open(tmp_path / "pytest.log", "wb") as out:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest",
+             "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(ROOT), str(holder)],
+            cwd=ROOT, env=clean_env(OCC_HOLD_REPORT=str(report)), stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT, preexec_fn=die_with_parent(signal.SIGKILL),
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while not report.exists():
+            assert run.poll() is None and time.monotonic() < deadline, (tmp_path / "pytest.log").read_text()
+            time.sleep(0.1)
+        info = json.loads(report.read_text())
+        servers = find_processes(lambda argv: any(info["work_dir"] in arg for arg in argv))
+        assert len(servers) >= 2, servers  # PostgreSQL and the broker
+        ports = {urlsplit(info[key]).port for key in ("database", "mqtt", "mqtt_services")}
+        assert all(port_open("127.0.0.1", p) for p in ports if p)
+    finally:
+        run.kill()
+        run.wait()
+    deadline = time.monotonic() + 10
+    while True:
+        left = find_processes(lambda argv: any(info["work_dir"] in arg for arg in argv))
+        held = [p for p in ports if p and port_open("127.0.0.1", p)]
+        if not left and not held:
+            break
+        assert time.monotonic() < deadline, f"left running: {left}, ports held: {held}"
+        time.sleep(0.1)
+    shutil.rmtree(info["work_dir"], ignore_errors=True)

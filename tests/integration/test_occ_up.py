@@ -25,9 +25,10 @@ import paho.mqtt.client as paho
 import pytest
 
 from occ.bus import BrokerAddress
-from occ.embedded import EmbeddedPostgres
+from occ.embedded import EmbeddedBroker, EmbeddedPostgres
 from occ.embedded.broker import mosquitto_path
-from occ.embedded.net import port_open
+from occ.embedded.net import free_port, port_open
+from occ.embedded.proc import die_with_parent
 from tests.integration.fault_helpers import ROOT, clean_env, http_get
 
 pytestmark = pytest.mark.slow
@@ -96,16 +97,16 @@ def mentioning(text: str) -> dict[int, str]:
 
 
 class Up:
-    """One `occ up` child process on its own var/ folder."""
+    """One `occ up` child process on its own var/ folder (`flags`: global flags, before the command)."""
 
-    def __init__(self, var: Path, *args: str) -> None:
+    def __init__(self, var: Path, *args: str, flags: tuple[str, ...] = ()) -> None:
         self.var = var
         self.log_path = var.parent / f"up-{uuid.uuid4().hex[:6]}.log"
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "occ.cli", "--set", f"var_dir={var}", "up", *args], cwd=ROOT,
+                [sys.executable, "-m", "occ.cli", "--set", f"var_dir={var}", *flags, "up", *args], cwd=ROOT,
                 env=clean_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=die_with_parent(),
             )
 
     def log(self) -> str:
@@ -118,9 +119,11 @@ class Up:
             assert self.process.poll() is None, f"occ up exited with {self.process.returncode}:\n{self.log()}"
             if path.exists():
                 try:
-                    return dict(json.loads(path.read_text()))
+                    endpoints = dict(json.loads(path.read_text()))
                 except ValueError:
-                    pass  # being written
+                    endpoints = {}  # being written
+                if endpoints.get("pid") == self.process.pid:  # not a file an earlier, killed run left
+                    return endpoints
             time.sleep(0.1)
         raise AssertionError(f"no {path} after {timeout} s:\n{self.log()}")
 
@@ -201,11 +204,29 @@ def ports_of(endpoints: dict[str, Any]) -> set[int]:
     return {int(port) for url in urls if (port := urlsplit(url).port)}
 
 
+def stack_processes(up: Up) -> dict[int, str]:
+    """Every process of a running `occ up`: its descendants (servers included) and anything naming its var/."""
+    tracked = {**descendants(up.process.pid), **mentioning(str(up.var))}
+    for pid in list(tracked):  # e.g. PostgreSQL's own workers
+        tracked.update(descendants(pid))
+    return tracked
+
+
+def wait_all_gone(tracked: dict[int, str], ports: set[int], timeout: float = 10) -> None:
+    """Within `timeout`, none of the processes is alive and none of the ports accepts a connection."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = {pid: c for pid, c in tracked.items() if alive(pid, c)}
+        held = [p for p in ports if port_open("127.0.0.1", p)]
+        if not left and not held:
+            return
+        assert time.monotonic() < deadline, f"left running: {left}; ports still open: {held}"
+        time.sleep(0.1)
+
+
 def stop_and_check_nothing_left(up: Up, endpoints: dict[str, Any], timeout: float = 20) -> float:
     """SIGTERM `occ up`; it must exit 0 within `timeout` leaving no process, port or endpoints file."""
-    tracked = {**descendants(up.process.pid), **mentioning(str(up.var))}
-    for pid in list(tracked):  # e.g. PostgreSQL's own workers, under a postmaster pg_ctl detached
-        tracked.update(descendants(pid))
+    tracked = stack_processes(up)
     commands = " | ".join(tracked.values())
     assert "occ.cli ingest" in commands, commands
     assert "occ.cli alerts" in commands, commands
@@ -297,4 +318,243 @@ async def test_occ_up_demo_stores_simulated_readings(up_dir: Path) -> None:
         assert registered[0]["n"] == len(catalog)
         await asyncio.to_thread(stop_and_check_nothing_left, up, endpoints)
     finally:
+        up.cleanup()
+
+
+# -- whatever kills it, nothing is left (issue 11 item 1) -------------------------------------------------
+async def execute(database_url: str, sql: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def need_mosquitto() -> None:
+    if mosquitto_path() is None:
+        pytest.skip("mosquitto is not installed")
+
+
+@pytest.mark.parametrize("how", ["sigterm-to-the-group", "sigkill-of-occ-up"])
+async def test_whatever_ends_occ_up_leaves_nothing_and_the_next_one_keeps_the_data(how: str, up_dir: Path) -> None:
+    """`kill -TERM -- -<group>` (docker stop, systemd, a closed terminal) or `kill -9` of `occ up` alone: within
+    seconds no process of the stack is left and no port is held; `occ up` again on the same var/ starts cleanly
+    on the same pinned ports, with the data. Before: PostgreSQL (daemonized by pg_ctl) and Mosquitto survived."""
+    need_mosquitto()
+    var = up_dir / "var"
+    args = ("--workers", "1", "--broker", "mosquitto", "--db-port", str(free_port()), "--mqtt-port", str(free_port()))
+    up = Up(var, *args)
+    try:
+        endpoints = await asyncio.to_thread(up.wait_endpoints)
+        assert urlsplit(endpoints["database_url"]).port == int(args[5])
+        assert urlsplit(endpoints["mqtt_url"]).port == int(args[7])
+        await execute(endpoints["database_url"], "CREATE TABLE kept (note text); INSERT INTO kept VALUES ('before')")
+        tracked = stack_processes(up)
+        commands = " | ".join(tracked.values())
+        assert "occ.cli ingest" in commands and "postgres" in commands and "mosquitto" in commands, commands
+        if how == "sigterm-to-the-group":
+            os.killpg(up.process.pid, signal.SIGTERM)
+            assert up.process.wait(20) == 0, up.log()
+        else:
+            up.process.kill()
+            up.process.wait(5)
+        await asyncio.to_thread(wait_all_gone, tracked, ports_of(endpoints))
+
+        again = Up(var, *args)
+        try:
+            second = await asyncio.to_thread(again.wait_endpoints)
+            assert ports_of(second) & ports_of(endpoints) >= {int(args[5]), int(args[7])}
+            rows = await fetch(second["database_url"], "SELECT note FROM kept")
+            assert [r["note"] for r in rows] == ["before"]
+            assert "left running" not in again.log(), again.log()  # nothing was left to clean up
+            await asyncio.to_thread(stop_and_check_nothing_left, again, second)
+        finally:
+            again.cleanup()
+    finally:
+        up.cleanup()
+
+
+async def test_servers_an_earlier_run_left_on_var_are_stopped_before_starting(up_dir: Path) -> None:
+    """A PostgreSQL and a Mosquitto still running on var/ (say, from a version of OCC that daemonized them):
+    `occ up` stops both before starting its own, so two brokers never share var/broker, and keeps the data."""
+    need_mosquitto()
+    var = up_dir / "var"
+    var.mkdir()
+    var.chmod(0o711)
+    old_pg = EmbeddedPostgres(var / "postgres")
+    old_broker = EmbeddedBroker(var / "broker", kind="mosquitto")
+    up: Up | None = None
+    try:
+        old_pg.start()
+        await execute(old_pg.url, "CREATE DATABASE occ")
+        await execute(old_pg.url.rsplit("/", 1)[0] + "/occ",
+                      "CREATE TABLE kept (note text); INSERT INTO kept VALUES ('x')")
+        old_broker.start()
+        old = {pid: cmdline(pid) for pid in (old_pg.pid, old_broker.pid) if pid}
+        assert len(old) == 2
+
+        up = Up(var, "--workers", "1", "--broker", "mosquitto")
+        endpoints = await asyncio.to_thread(up.wait_endpoints)
+        assert not [pid for pid, command in old.items() if alive(pid, command)], old
+        log = up.log()
+        assert "stopping a PostgreSQL left running" in log and "stopping a broker left running" in log, log
+        rows = await fetch(endpoints["database_url"], "SELECT note FROM kept")
+        assert [r["note"] for r in rows] == ["x"]
+        brokers = [pid for pid, c in mentioning(str(var / "broker")).items() if "mosquitto" in c]
+        assert brokers == [endpoints["servers"]["broker"]["pid"]], brokers
+        await asyncio.to_thread(stop_and_check_nothing_left, up, endpoints)
+    finally:
+        if up is not None:
+            up.cleanup()
+        old_broker.stop()  # reaps the old children (already stopped by `occ up`)
+        old_pg.stop()
+
+
+# -- an honest `occ up` (issue 9 item 2) ----------------------------------------------------------------
+async def test_occ_up_says_which_part_failed_and_leaves_nothing(up_dir: Path) -> None:
+    """Before: with a broker that does not answer, `occ up` printed "OCC is up" while its workers crashed."""
+    var = up_dir / "var"
+    nobody = free_port()
+    cases = [
+        (("--mqtt-url", f"mqtt://127.0.0.1:{nobody}"), "occ: up: broker failed: mqtt://127.0.0.1:%d does not answer"),
+        (("--database-url", f"postgresql://occ:pw-xyz@127.0.0.1:{nobody}/occ"),
+         "occ: up: database failed: postgresql://occ:***@127.0.0.1:%d/occ does not answer"),
+    ]
+    for flags, expected in cases:
+        result = await asyncio.to_thread(run_occ, var, *flags, "up", "--workers", "1")
+        output = result.stdout + result.stderr
+        assert result.returncode == 1, output
+        assert expected % nobody in result.stderr, output
+        assert "OCC is up" not in output and "Traceback" not in output and "pw-xyz" not in output, output
+        assert not (var / "endpoints.json").exists()
+        assert not mentioning(str(var)), mentioning(str(var))
+
+
+def listening_on_all_interfaces(port: int) -> bool:
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port and set(address) == {"0"}:
+                return True
+    return False
+
+
+async def test_bind_secrets_and_a_service_stopped_on_purpose(up_dir: Path, database_url: str) -> None:
+    """--bind/--mqtt-port reach the broker with a warning (no authentication); a database password shows
+    nowhere but in endpoints.json (0600, var/ closed to others); a worker stopped with SIGTERM (exit 0) stays
+    stopped (issue 12 item 5: it used to be restarted)."""
+    need_mosquitto()
+    var = up_dir / "var"
+    secret = "s3cret-" + uuid.uuid4().hex[:6]
+    parts = urlsplit(database_url)
+    url = f"postgresql://postgres:{secret}@{parts.hostname}:{parts.port}{parts.path}"  # the test server trusts
+    port = free_port()
+    up = Up(var, "--workers", "1", "--broker", "mosquitto", "--bind", "0.0.0.0", "--mqtt-port", str(port),
+            flags=("--database-url", url))
+    try:
+        endpoints = await asyncio.to_thread(up.wait_endpoints)
+        log = up.log()
+        assert secret not in log and "postgres:***@" in log, log
+        assert "no authentication" in log, log
+        lines = log.splitlines()
+        assert any(line.split()[:2] == ["ingest-1", "health"] and line.endswith("/healthz") for line in lines), log
+        assert any(line.split()[:2] == ["ingest-1", "metrics"] and line.endswith("/metrics") for line in lines), log
+        assert "mqtt_services_url" in log
+        assert endpoints["database_url"] == url  # the file keeps what other commands need
+        assert (var / "endpoints.json").stat().st_mode & 0o777 == 0o600
+        assert var.stat().st_mode & 0o077 in (0, 0o011)  # 0700, or 0711 as root (servers traverse it)
+        assert urlsplit(endpoints["mqtt_url"]).port == port and listening_on_all_interfaces(port)
+
+        worker = endpoints["services"]["ingest-1"]["pid"]
+        os.kill(worker, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while "not restarting" not in up.log():
+            assert time.monotonic() < deadline, up.log()
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.5)  # longer than the first restart delay
+        assert not [c for c in descendants(up.process.pid).values() if "occ.cli ingest" in c]
+        assert up.process.poll() is None
+        up.process.send_signal(signal.SIGTERM)
+        assert up.process.wait(20) == 0
+        assert not mentioning(str(var)) and not port_open("127.0.0.1", port)
+    finally:
+        up.cleanup()
+
+
+# -- the embedded servers are supervised too (issue 11 item 2) ------------------------------------------
+def wait_new_server_pid(up: Up, name: str, old: int, timeout: float = 30) -> int:
+    """Until endpoints.json names a live replacement for server `name` (the supervisor rewrites it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert up.process.poll() is None, up.log()
+        endpoints = read_endpoints_file(up.var)
+        pid = (endpoints.get("servers", {}).get(name) or {}).get("pid")
+        if pid and pid != old and _proc_stat(pid) is not None:
+            return int(pid)
+        time.sleep(0.1)
+    raise AssertionError(f"the {name} was not restarted within {timeout} s:\n{up.log()}")
+
+
+def read_endpoints_file(var: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads((var / "endpoints.json").read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+async def test_killed_servers_are_restarted_and_every_reading_is_stored_once(up_dir: Path) -> None:
+    """Under a steady stream, `kill -9` of the embedded Mosquitto and then of the PostgreSQL postmaster: `occ up`
+    restarts each on the same port with the same data, logs each once, ingest reconnects by itself, and every
+    reading is stored exactly once. Before: nothing restarted them and `occ up` carried on as if healthy."""
+    from tests.integration.fault_helpers import (
+        PublisherProcess,
+        stream_t0,
+        verify_exactly_once,
+        wait_for_readings,
+    )
+    from tests.integration.ingest_helpers import seed_devices
+
+    need_mosquitto()
+    messages, rate = 6000, 400
+    up = Up(up_dir / "var", "--workers", "1", "--broker", "mosquitto")
+    publisher: PublisherProcess | None = None
+    try:
+        endpoints = await asyncio.to_thread(up.wait_endpoints)
+        database = endpoints["database_url"]
+        await seed_devices(database)
+        ingest_pid = endpoints["services"]["ingest-1"]["pid"]
+        t0 = stream_t0(messages)
+        publisher = PublisherProcess(endpoints["mqtt_url"], start=0, stop=messages, t0=t0, rate=rate,
+                                     client_id=f"pub-{uuid.uuid4().hex[:8]}", persistent=True)
+        assert await wait_for_readings(database, 600, 60, alive=publisher.running) >= 600, up.log()
+
+        broker = endpoints["servers"]["broker"]
+        os.kill(broker["pid"], signal.SIGKILL)
+        await asyncio.to_thread(wait_new_server_pid, up, "broker", broker["pid"])
+        assert port_open("127.0.0.1", broker["port"])
+        stored = await wait_for_readings(database, 0, 1)
+        assert await wait_for_readings(database, stored + 600, 60, alive=publisher.running) >= stored + 600, up.log()
+
+        postgres = endpoints["servers"]["database"]
+        assert publisher.running() and publisher.progress() < messages, "the stream ended before the kills"
+        os.kill(postgres["pid"], signal.SIGKILL)
+        await asyncio.to_thread(wait_new_server_pid, up, "database", postgres["pid"])
+
+        report = await asyncio.to_thread(publisher.wait, 120)
+        assert report["acked"] == messages
+        assert await wait_for_readings(database, 2 * messages, 90) == 2 * messages, up.log()
+        await verify_exactly_once(database, messages, t0)
+        log = up.log()
+        assert log.count("embedded broker exited") == 1 and log.count("embedded database exited") == 1, log
+        assert log.count("is back on port") == 2, log
+        assert read_endpoints_file(up.var)["services"]["ingest-1"]["pid"] == ingest_pid  # it reconnected itself
+        await asyncio.to_thread(stop_and_check_nothing_left, up, read_endpoints_file(up.var))
+    finally:
+        if publisher is not None:
+            publisher.close()
         up.cleanup()
