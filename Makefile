@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-simulate setup clean
+.PHONY: run test lint bench bench-simulate bench-ws setup clean
 
 $(STAMP): pyproject.toml tools/bootstrap_venv.py
 	$(PY) tools/bootstrap_venv.py $(VENV)
@@ -28,6 +28,9 @@ bench: $(STAMP)
 
 bench-simulate: $(STAMP)
 	$(BIN)/python -m bench.simulate
+
+bench-ws: $(STAMP)
+	$(BIN)/python -m bench.ws
 
 clean:
 	rm -rf var/ .pytest_cache .mypy_cache .ruff_cache

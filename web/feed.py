@@ -565,6 +565,11 @@ class FeedSession:
         self._need_snapshot = True
 
     @property
+    def snapshot_due(self) -> bool:
+        """The next frame is a (large) snapshot."""
+        return self._need_snapshot and self.filter is not None
+
+    @property
     def wants_send(self) -> bool:
         pending = self._control or self._need_snapshot or self._events or self._readings or self._shared
         return bool(pending) and not self.closed
