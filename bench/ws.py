@@ -112,6 +112,7 @@ async def client_worker(url: str, token: str, count: int, slow: int, first_index
     tasks = []
     for i in range(count):
         index = first_index + i
+        out["sampled"] = out.get("sampled", 0) + (1 if i >= slow and index % sample_every == 0 else 0)
         tasks.append(asyncio.create_task(_client(url, token, index, i < slow, index % sample_every == 0, ready,
                                                  stop, out)))
         if i % 50 == 49:
@@ -290,10 +291,12 @@ def run_phase(name: str, opts: Options, database_url: str, mqtt_url: str, device
         sent = json.loads(publisher.stdout.strip().splitlines()[-1]) if publisher.stdout.strip() else {}
         fast_clients = opts.clients - slow_total
         expected_alerts = fast_clients * sent.get("alerts", 0)
+        expected_readings = sum(r.get("sampled", 0) for r in results) * (sent.get("readings") or 0)
         return {
             "phase": name, "clients": opts.clients, "slow_clients": slow_total, "ready": ready,
             "published_readings": sent.get("readings"), "published_alerts": sent.get("alerts"),
             "reading_samples": len(readings),
+            "readings_delivered_pct": round(100 * len(readings) / expected_readings, 1) if expected_readings else None,
             "p50_ms": round(percentile(readings, 50) * 1000, 1) if readings else None,
             "p99_ms": round(percentile(readings, 99) * 1000, 1) if readings else None,
             "alert_p50_ms": round(percentile(alerts, 50) * 1000, 1) if alerts else None,
@@ -351,6 +354,8 @@ def run(opts: Options) -> dict[str, Any]:
         "naive_p50_ms": naive.get("p50_ms"), "naive_p99_ms": naive.get("p99_ms"),
         "naive_p99_ms_with_slow": naive_slow.get("p99_ms"),
         "naive_alert_p99_ms_with_slow": naive_slow.get("alert_p99_ms"),
+        "delivered_pct": occ.get("readings_delivered_pct"),
+        "naive_delivered_pct": naive.get("readings_delivered_pct"),
         "ratio_naive_over_occ_p99_with_slow": round(naive_slow["p99_ms"] / slow["p99_ms"], 1)
         if naive_slow.get("p99_ms") and slow.get("p99_ms") else None,
         "server_cpu_pct": occ.get("server_cpu_pct"), "naive_server_cpu_pct": naive.get("server_cpu_pct"),
