@@ -189,10 +189,16 @@ SERVICES: tuple[ServiceBuilder, ...] = (ingest_services, alerts_services, web_se
 
 
 # -- restart decisions (pure) ---------------------------------------------------------------------------
+_ASKED_TO_STOP = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+STOPPED_ON_PURPOSE = frozenset({0, *(-s for s in _ASKED_TO_STOP), *(128 + s for s in _ASKED_TO_STOP)})
+"""Exit statuses of a process that was told to stop: 0, or ended by (or exiting 128+n after) SIGTERM, SIGINT or
+SIGHUP before it had installed its own handler. SIGKILL (the OOM killer) and any other status are crashes."""
+
+
 class RestartPolicy:
     """What to do when a supervised process exits: a delay before starting it again, or None to leave it.
 
-    Exit code 0 means the process was told to stop (SIGTERM from an operator, or its own end) and is left
+    A process that was told to stop (`STOPPED_ON_PURPOSE`: an operator's SIGTERM, or its own clean end) is left
     stopped unless `restart_clean_exit` (the servers: the stack cannot work without them). Crashes restart
     with capped exponential backoff, which starts over after a run longer than `healthy_after_s`."""
 
@@ -203,7 +209,7 @@ class RestartPolicy:
         self.backoff = Backoff(base_s, cap_s, jitter=0.2, rng=rng)
 
     def on_exit(self, code: int | None, ran_s: float) -> float | None:
-        if code == 0 and not self.restart_clean_exit:
+        if code in STOPPED_ON_PURPOSE and not self.restart_clean_exit:
             return None
         if ran_s >= self.healthy_after_s:
             self.backoff.reset()
@@ -519,7 +525,8 @@ class Supervisor:
         ran = now - child.started_at
         delay = child.policy.on_exit(code, ran)
         if delay is None:
-            log.warning("%s stopped (exit code 0 after %.0f s); not restarting it", child.name, ran)
+            log.warning("%s stopped (exit code %s after %.0f s: it was told to stop); not restarting it",
+                        child.name, code, ran)
             child.stopped = True
             return True
         log.error("%s exited with code %s after %.0f s; restarting in %.1f s", child.name, code, ran, delay)

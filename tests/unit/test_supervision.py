@@ -27,10 +27,17 @@ def test_backoff_jitter_stays_within_its_band_and_under_the_cap(draw: float) -> 
         assert base * 0.5 <= delay <= min(4.0, base * 1.5)
 
 
-def test_a_service_that_exits_0_is_not_restarted() -> None:
-    """Exit 0 means it was told to stop (issue 12 item 5: "ingest-1 exited with code 0 … restarting")."""
+@pytest.mark.parametrize("code", [0, -15, -2, -1, 143, 130])
+def test_a_service_that_was_told_to_stop_is_not_restarted(code: int) -> None:
+    """Exit 0, or death by SIGTERM/SIGINT/SIGHUP, means it was told to stop (issue 12 item 5: "ingest-1 exited
+    with code 0 after 1758 s; restarting")."""
     policy = RestartPolicy(rng=lambda: 0.5)
-    assert policy.on_exit(0, ran_s=1758) is None
+    assert policy.on_exit(code, ran_s=1758) is None
+
+
+@pytest.mark.parametrize("code", [1, 2, -9, -11, 137])
+def test_a_crash_is_restarted(code: int) -> None:
+    assert RestartPolicy(rng=lambda: 0.5).on_exit(code, ran_s=5) == 0.5
 
 
 def test_crashes_restart_with_growing_delays_that_start_over_after_a_long_run() -> None:
