@@ -400,17 +400,28 @@ class Supervisor:
         return self.endpoints
 
     def _run_once(self, what: str, args: list[str], env: dict[str, str]) -> None:
-        process = subprocess.Popen([sys.executable, "-m", "occ.cli", *args], env=env, stdin=subprocess.DEVNULL,
-                                   preexec_fn=die_with_parent(signal.SIGTERM))
+        """Run a setup step with its output in var/setup.log: its last line is shown when it succeeds (a device
+        import lists every device), its last lines go into the StartFailed when it does not."""
+        log_path = self.var / "setup.log"
+        with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
+            start = out.seek(0, os.SEEK_END)
+            process = subprocess.Popen([sys.executable, "-m", "occ.cli", *args], env=env, stdin=subprocess.DEVNULL,
+                                       stdout=out, stderr=out, preexec_fn=die_with_parent(signal.SIGTERM))
         while process.poll() is None:
             if self._stop_requested:
                 process.terminate()
                 process.wait()
                 raise _StopRequested
             time.sleep(0.05)
+        with open(log_path, "rb") as out:
+            out.seek(start)
+            lines = [line for line in out.read().decode(errors="replace").splitlines() if line.strip()]
         if process.returncode != 0:
-            raise StartFailed(what, f"`occ {' '.join(args[:2])}` failed with exit code {process.returncode} "
-                                    "(its message is above)")
+            tail = " | ".join(lines[-3:]) or "no output"
+            raise StartFailed(what, f"`occ {' '.join(args[:2])}` failed with exit code {process.returncode}: {tail} "
+                                    f"(all of it in {log_path})")
+        if lines:
+            print(f"{what}: {lines[-1]}", flush=True)
 
     def _wait_healthy(self) -> None:
         """Every service with a health endpoint answers 200; every service is still running."""

@@ -171,7 +171,8 @@ class EmbeddedPostgres:
             # Tests only: their databases are thrown away, so crash safety buys nothing there.
             argv += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
         log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
-        with open(log_path, "ab") as server_log:  # the child keeps its own copy of the descriptor
+        # The child keeps its own copy of the descriptor; the log may quote data, so it is ours alone.
+        with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as server_log:
             self._process = subprocess.Popen(
                 argv, env=self._env(), cwd=str(self.data_dir.parent), stdin=subprocess.DEVNULL,
                 stdout=server_log, stderr=server_log, start_new_session=True,

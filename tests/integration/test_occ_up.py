@@ -508,9 +508,10 @@ def read_endpoints_file(var: Path) -> dict[str, Any]:
 
 
 async def test_killed_servers_are_restarted_and_every_reading_is_stored_once(up_dir: Path) -> None:
-    """Under a steady stream, `kill -9` of the embedded Mosquitto and then of the PostgreSQL postmaster: `occ up`
-    restarts each on the same port with the same data, logs each once, ingest reconnects by itself, and every
-    reading is stored exactly once. Before: nothing restarted them and `occ up` carried on as if healthy."""
+    """Under a steady stream, `kill -9` of the embedded Mosquitto, then of the PostgreSQL postmaster, then of the
+    ingest worker: `occ up` restarts each (servers on the same port with the same data), logs each once, ingest
+    reconnects to the servers by itself, and every reading is stored exactly once. Before: nothing restarted the
+    servers and `occ up` carried on as if healthy."""
     from tests.integration.fault_helpers import (
         PublisherProcess,
         stream_t0,
@@ -520,7 +521,7 @@ async def test_killed_servers_are_restarted_and_every_reading_is_stored_once(up_
     from tests.integration.ingest_helpers import seed_devices
 
     need_mosquitto()
-    messages, rate = 6000, 400
+    messages, rate = 8000, 400
     up = Up(up_dir / "var", "--workers", "1", "--broker", "mosquitto")
     publisher: PublisherProcess | None = None
     try:
@@ -544,6 +545,16 @@ async def test_killed_servers_are_restarted_and_every_reading_is_stored_once(up_
         assert publisher.running() and publisher.progress() < messages, "the stream ended before the kills"
         os.kill(postgres["pid"], signal.SIGKILL)
         await asyncio.to_thread(wait_new_server_pid, up, "database", postgres["pid"])
+        # Ingest reconnected to both by itself: it is the same process.
+        assert read_endpoints_file(up.var)["services"]["ingest-1"]["pid"] == ingest_pid
+
+        stored = await wait_for_readings(database, 0, 1)
+        assert await wait_for_readings(database, stored + 400, 60, alive=publisher.running) >= stored + 400, up.log()
+        os.kill(ingest_pid, signal.SIGKILL)  # a crash: restarted, and the broker redelivers what it held
+        deadline = time.monotonic() + 30
+        while read_endpoints_file(up.var)["services"]["ingest-1"]["pid"] in (ingest_pid, None):
+            assert time.monotonic() < deadline, up.log()
+            await asyncio.sleep(0.1)
 
         report = await asyncio.to_thread(publisher.wait, 120)
         assert report["acked"] == messages
@@ -552,7 +563,7 @@ async def test_killed_servers_are_restarted_and_every_reading_is_stored_once(up_
         log = up.log()
         assert log.count("embedded broker exited") == 1 and log.count("embedded database exited") == 1, log
         assert log.count("is back on port") == 2, log
-        assert read_endpoints_file(up.var)["services"]["ingest-1"]["pid"] == ingest_pid  # it reconnected itself
+        assert "ingest-1 exited with code -9" in log, log
         await asyncio.to_thread(stop_and_check_nothing_left, up, read_endpoints_file(up.var))
     finally:
         if publisher is not None:
