@@ -208,10 +208,14 @@ class RawLink(LinkBase):
         self.error = None
         host, port = self.address.host, self.address.port
         sock = socket.create_connection((host, port), timeout=10.0)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.address.tls:
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
-        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.address.tls:
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()  # an error path must not leave the socket to the garbage collector (issue 11 item 14)
+            raise
         self.sock = sock
         self.rbuf.clear()
         will = (self.will[0], self.will[1], 1, True) if self.will else None
