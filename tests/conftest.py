@@ -122,3 +122,29 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_sep("!", "BROWSER TESTS SKIPPED", red=True, bold=True)
         terminalreporter.write_line(f"{len(skipped)} browser test(s) did not run: {reason}", red=True, bold=True)
         terminalreporter.write_line("install Debian's chromium (`apt-get install chromium`) to run them", red=True)
+
+
+@pytest.fixture(autouse=True)
+def no_background_task_errors(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fail any test in which a background asyncio task or callback raised and nobody handled it.
+
+    Every event loop without a handler of its own reports those through `default_exception_handler` ("Task
+    exception was never retrieved", "Exception in callback ..."); they are recorded here, in any loop the test
+    runs (pytest-asyncio's, `asyncio.run` in a thread), and the test fails at teardown."""
+    import asyncio.base_events
+    import gc
+
+    seen: list[str] = []
+    original = asyncio.base_events.BaseEventLoop.default_exception_handler
+
+    def record(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        exc = context.get("exception")
+        seen.append(f"{context.get('message')}: {exc!r}" if exc is not None else str(context.get("message")))
+        original(loop, context)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(asyncio.base_events.BaseEventLoop, "default_exception_handler", record)
+    yield
+    if not seen:
+        gc.collect()  # a task that died unobserved reports itself when collected
+    if seen:
+        pytest.fail("a background task or callback raised during the test:\n  " + "\n  ".join(seen), pytrace=False)

@@ -185,6 +185,8 @@ class IngestProcess:
     def __init__(self, log_path: Path, *, database_url: str, mqtt_url: str, client_id: str, http_port: int,
                  timescaledb: str | None = None, **settings: str) -> None:
         self.log_path = log_path
+        self.argv = [sys.executable, "-m", "occ.cli", "ingest"]
+        """The command; a test may replace it (e.g. `ingest --drain`, or a worker with an injected fault)."""
         self.http_port = http_port
         self.env = clean_env(
             OCC_DATABASE_URL=database_url, OCC_MQTT_URL=mqtt_url, OCC_INGEST__CLIENT_ID=client_id,
@@ -198,7 +200,7 @@ class IngestProcess:
     def start(self) -> None:
         assert not self.alive()
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "occ.cli", "ingest"], cwd=ROOT, env=self.env,
+            self.process = subprocess.Popen(self.argv, cwd=ROOT, env=self.env,
                                             stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                             preexec_fn=die_with_parent())
         self.starts += 1
@@ -234,6 +236,23 @@ class IngestProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGCONT)
 
+    def send_signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait_exit(self, timeout: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def peak_rss_mb(self) -> float:
+        """VmHWM: the largest resident set the process has had so far."""
+        assert self.process is not None
+        return _status_kb(self.process.pid, "VmHWM") / 1024
+
+    def rss_mb(self) -> float:
+        assert self.process is not None
+        return _status_kb(self.process.pid, "VmRSS") / 1024
+
     def kill(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)
@@ -258,6 +277,13 @@ class IngestProcess:
             return self.log_path.read_text(errors="replace")[-6000:]
         except OSError:
             return ""
+
+
+def _status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for pid {pid}")
 
 
 class PublisherProcess:
