@@ -53,7 +53,7 @@ def inject(site: str, marker: Path) -> None:
                 raise fault()
             return original_assemble(self, *args)
 
-        IngestService._assemble = assemble  # type: ignore[method-assign]
+        IngestService._assemble = assemble  # type: ignore[method-assign,assignment]
     elif site == "housekeeping":
         ingest.service.REGISTRY_REFRESH_S = 0.2
         original_refresh = IngestService._refresh_registry

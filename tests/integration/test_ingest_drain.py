@@ -39,9 +39,12 @@ MESSAGES = 16_000
 
 def worker(tmp_path: Path, database_url: str, broker: EmbeddedBroker, name: str, group: str,
            client_id: str | None = None, argv: list[str] | None = None) -> IngestProcess:
-    return IngestProcess(tmp_path / f"{name}.log", database_url=database_url, mqtt_url=broker.services_url,
-                         client_id=client_id or f"{name}-{uuid.uuid4().hex[:8]}", http_port=free_port(), argv=argv,
-                         shared="true", share_group=group)
+    process = IngestProcess(tmp_path / f"{name}.log", database_url=database_url, mqtt_url=broker.services_url,
+                            client_id=client_id or f"{name}-{uuid.uuid4().hex[:8]}", http_port=free_port(),
+                            shared="true", share_group=group)
+    if argv is not None:
+        process.argv = argv
+    return process
 
 
 def session_present(url: str, client_id: str) -> bool:

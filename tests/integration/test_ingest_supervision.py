@@ -42,8 +42,9 @@ async def test_a_crashed_task_exits_nonzero_and_the_restart_loses_nothing(
     t0 = stream_t0(MESSAGES)
     argv = [sys.executable, "-m", "tests.integration.faulty_ingest", site, str(tmp_path / "fired")]
     ingest = IngestProcess(tmp_path / "ingest.log", database_url=database_url, mqtt_url=broker.services_url,
-                           client_id=f"crash-{site}-{uuid.uuid4().hex[:8]}", http_port=free_port(), argv=argv,
+                           client_id=f"crash-{site}-{uuid.uuid4().hex[:8]}", http_port=free_port(),
                            batch_max="200")
+    ingest.argv = argv
     publisher: PublisherProcess | None = None
     try:
         ingest.start()
