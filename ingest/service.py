@@ -373,8 +373,8 @@ class IngestService:
             except TimeoutError:
                 log.warning("no UNSUBACK for %s", topic)
         while time.monotonic() < deadline and self.failure is None:
-            now = time.monotonic()
-            if self.flow.idle and now - self._last_received >= self._drain_quiet_s and self.bus.connected.is_set():
+            quiet = time.time() - self._last_received >= self._drain_quiet_s
+            if self.flow.idle and quiet and self.bus.connected.is_set():
                 break
             await asyncio.sleep(0.05)
         clean = self.flow.idle and self.failure is None
@@ -473,8 +473,7 @@ class IngestService:
     def _on_message(self, message: paho.MQTTMessage, delivery: Delivery) -> None:
         try:
             payload = bytes(message.payload)
-            received = time.time()
-            self._last_received = time.monotonic()
+            received = self._last_received = time.time()
             item = Inbound(message._topic.decode("utf-8", "replace"), payload, received,
                            delivery if message.qos else None)
             actions = self.flow.received(item, len(payload))
