@@ -485,8 +485,7 @@ class IngestService:
     def _on_publishes(self, publishes: list[Publish], generation: int) -> None:
         """The native transport's bulk hand-over: every PUBLISH of one socket read, in arrival order."""
         try:
-            received = time.time()
-            self._last_received = time.monotonic()
+            received = self._last_received = time.time()
             flow_received = self.flow.received
             base = generation << 16  # occ.mqtt.transport.handle(), inlined: this loop runs per message
             for p in publishes:

@@ -9,6 +9,7 @@ restart. SITE is where the bug is: `decode` (the decode task), `write` (a writer
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ def inject(site: str, marker: Path) -> None:
     import ingest.service
     from ingest.service import IngestService
     from occ.bus import MqttClient
+    from occ.mqtt.transport import MqttSubscriber
 
     acked = [0]
     fired = asyncio.Event()
@@ -74,9 +76,10 @@ def inject(site: str, marker: Path) -> None:
 
         ingest.flow.IngestFlow.received = received  # type: ignore[method-assign]
     elif site == "mqtt":
-        original_run = MqttClient._run
+        transport: Any = MqttSubscriber if os.environ.get("OCC_INGEST__TRANSPORT", "native") == "native" else MqttClient
+        original_run = transport._run
 
-        async def run(self: MqttClient) -> None:
+        async def run(self: Any) -> None:
             inner = asyncio.ensure_future(original_run(self))
             done, _ = await asyncio.wait({inner, asyncio.ensure_future(fired.wait())},
                                          return_when=asyncio.FIRST_COMPLETED)
@@ -91,7 +94,7 @@ def inject(site: str, marker: Path) -> None:
             original_ack_for_mqtt(self, seq)
             due()
 
-        MqttClient._run = run  # type: ignore[method-assign]
+        transport._run = run
         IngestService._acknowledge = acknowledge_then_maybe_fire  # type: ignore[method-assign]
     elif site != "write":
         raise SystemExit(f"unknown site {site}")
