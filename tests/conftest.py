@@ -4,6 +4,11 @@ On a fresh machine both are started here (embedded PostgreSQL from the wheel, Mo
 ports under a temporary folder, and stopped at the end. `OCC_TEST_DATABASE_URL` / `OCC_TEST_MQTT_URL` point
 the suite at external servers instead (for example a TimescaleDB). Each test that asks for `database_url`
 gets a fresh, empty database of its own.
+
+The servers are child processes with PR_SET_PDEATHSIG (occ/embedded/proc.py): when pytest is killed, even with
+SIGKILL, they go too (tests/integration/test_embedded.py::test_a_sigkilled_pytest_leaves_no_server_behind).
+Start them from the main thread (fixtures do), never from `asyncio.to_thread`: the kernel ties the signal to the
+thread that forked.
 """
 
 from __future__ import annotations
