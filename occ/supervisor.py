@@ -92,6 +92,9 @@ class ServiceSpec:
     http_host: str = "127.0.0.1"
     url: str | None = None
     """A page for people (the web console), printed with the endpoints."""
+    shared_sessions: tuple[tuple[str, str], ...] = ()
+    """(client id, `$share/...` filter) of the service's persistent MQTT sessions with shared subscriptions, which
+    `occ up` re-creates right after restarting its embedded broker (see `_restore_shared_sessions`)."""
 
     @property
     def health_url(self) -> str | None:
@@ -141,11 +144,15 @@ SETUP: tuple[SetupBuilder, ...] = (schema_setup, demo_setup)
 
 def ingest_services(stack: Stack) -> list[ServiceSpec]:
     """`--workers` ingest workers on one shared subscription, each with its own client id and HTTP port."""
+    ingest, mqtt = stack.config.ingest, stack.config.mqtt
     specs = []
     for i in range(1, stack.workers + 1):
         port = free_port()
+        client_id = f"occ-ingest-{i}"
+        shared = ((client_id, f"$share/{ingest.share_group}/{mqtt.topic_prefix}/+/+/+"),) if ingest.shared else ()
         specs.append(ServiceSpec(f"ingest-{i}", ("ingest",), {
-            "OCC_INGEST__CLIENT_ID": f"occ-ingest-{i}", "OCC_INGEST__HTTP_PORT": str(port)}, http_port=port))
+            "OCC_INGEST__CLIENT_ID": client_id, "OCC_INGEST__HTTP_PORT": str(port)}, http_port=port,
+            shared_sessions=shared))
     return specs
 
 
@@ -517,12 +524,34 @@ class Supervisor:
             slot.failing = True
             slot.next_start = time.monotonic() + delay
             return False
+        if slot.name == "broker":
+            self._restore_shared_sessions()
         down = time.monotonic() - (slot.down_since or now)
         log.warning("embedded %s is back on port %d after %.1f s", slot.name, slot.port, down)
         slot.started_at = time.monotonic()
         slot.down_since = slot.next_start = None
         slot.failing = False
         return True
+
+    def _restore_shared_sessions(self) -> None:
+        """Give the services' persistent sessions back their shared subscriptions, before devices reconnect.
+
+        Mosquitto 2.0.11 restores sessions and plain subscriptions from its persistence file but not shared ones
+        (`$share/...`), and rumqttd keeps nothing: until a worker has reconnected and subscribed again, the
+        broker drops what devices publish (measured: 600 messages in a kill -9 test). So as soon as the broker
+        listens again, each such session is re-created with its subscription (retained messages not sent) and
+        left offline: messages queue for it until the worker is back. If a worker was quicker, this takes its
+        session over once; it reconnects by itself and unacknowledged messages are redelivered."""
+        if self.stack is None:
+            return
+        for child in self.children:
+            for client_id, topic in child.spec.shared_sessions:
+                try:
+                    _recreate_session(self.stack.mqtt_services_url, client_id, topic,
+                                      self.config.mqtt.session_expiry_s)
+                except OSError as exc:
+                    log.warning("could not restore the MQTT session of %s after the broker restart: %s",
+                                client_id, exc)
 
     def _tend_child(self, child: Child, now: float) -> bool:
         if child.stopped or child.alive():
@@ -651,6 +680,42 @@ def _check_broker(url: str, timeout: float = 5.0) -> None:
         raise StartFailed("broker", f"{redact_url(url)} accepted TCP but sent no MQTT CONNACK within {timeout:.0f} s")
     if reason.is_failure:
         raise StartFailed("broker", f"{redact_url(url)} refused the connection: {reason}")
+
+
+def _recreate_session(url: str, client_id: str, topic: str, expiry_s: int, timeout: float = 2.0) -> None:
+    """Connect as `client_id` (persistent session), subscribe to `topic` at QoS 1 without retained messages,
+    disconnect: the broker now queues for that session until its owner reconnects."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.subscribeoptions import SubscribeOptions
+
+    from occ.bus import BrokerAddress
+
+    address = BrokerAddress.parse(url)
+    done: dict[str, Any] = {}
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    if address.username:
+        client.username_pw_set(address.username, address.password)
+    client.on_connect = lambda c, u, f, reason, p: done.setdefault("connack", reason)
+    client.on_subscribe = lambda c, u, mid, reasons, p: done.setdefault("suback", reasons)
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = expiry_s
+    try:
+        client.connect(address.host, address.port, keepalive=10, clean_start=False, properties=properties)
+        deadline = time.monotonic() + timeout
+        while "connack" not in done and time.monotonic() < deadline:
+            client.loop(timeout=0.05)
+        if "connack" in done and not done["connack"].is_failure:
+            client.subscribe([(topic, SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND))])
+            while "suback" not in done and time.monotonic() < deadline:
+                client.loop(timeout=0.05)
+            client.disconnect()
+            client.loop(timeout=0.05)
+    finally:
+        sock = client.socket()
+        if sock is not None:
+            sock.close()
 
 
 def is_wildcard(host: str) -> bool:
