@@ -142,7 +142,7 @@ def _offline_delivery(broker: EmbeddedBroker, client_id: str, restore: bool) -> 
     def connect(received: list[bytes] | None = None) -> mqtt.Client:
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         if received is not None:
-            client.on_message = lambda c, u, m: received.append(m.payload)
+            client.on_message = lambda c, u, m: received.append(bytes(m.payload))
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = 3600
         client.connect("127.0.0.1", int(broker.services_url.rsplit(":", 1)[1]), clean_start=False,
