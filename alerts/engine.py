@@ -47,13 +47,15 @@ _NEG_INF = float("-inf")
 class _Series:
     """Per (device, metric): the newest timestamp applied and the shared rolling windows."""
 
-    __slots__ = ("handlers", "key", "last_ts", "windows")
+    __slots__ = ("device_id", "handlers", "key", "last_ts", "windows", "wins")
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, device_id: str) -> None:
         self.key = key
+        self.device_id = device_id
         self.last_ts = _NEG_INF
         self.windows: dict[float, SeriesWindows] = {}
-        self.handlers: list[tuple[int, Instance, Any, Any]] = []
+        self.wins: list[SeriesWindows] = []
+        self.handlers: list[tuple[int, Instance, Any, Any, tuple[float, float]]] = []
 
     def dump(self) -> dict[str, Any]:
         return {"t": None if self.last_ts == _NEG_INF else self.last_ts,
@@ -96,7 +98,8 @@ class Engine:
         self._incident_changes: list[IncidentChange] = []
         self._instances: dict[str, Instance] = {}
         self._by_device: dict[str, list[Instance]] = {}
-        self._live: set[Instance] = set()
+        self._live: set[Instance] = set()   # not ok (open episodes) or holding: muting is refreshed for these
+        self._timed: set[Instance] = set()  # with a timer that can fall due: the clock visits only these
         self._series: dict[str, _Series] = {}
         self._routes: dict[tuple[str, str], _Series | None] = {}
         self._status_routes: dict[str, list[Instance]] = {}
@@ -107,10 +110,14 @@ class Engine:
         self._refs: dict[str, list[Rule]] = {}
         self._per_rule: dict[str, int] = {}
         self._dirty: set[str] = set()
+        self._touched: set[_Series] = set()
+        self._seen: set[str] = set()
+        self._stored: set[str] = set()
+        self.n_readings = 0
         self._stash: dict[str, dict[str, Any]] = {}
         self.incidents = Incidents()
         self._db_windows: list[Window] = []
-        self.stats = {"readings": 0, "duplicates": 0, "unknown_device": 0, "too_old": 0, "capped": 0}
+        self.stats = {"duplicates": 0, "unknown_device": 0, "too_old": 0, "capped": 0}
         self.devices: dict[str, Device] = {}
         self.rules = RuleSet()
         self._by_metric: dict[str, list[Rule]] = {}
@@ -185,6 +192,7 @@ class Engine:
     def _drop(self, fp: str) -> None:
         inst = self._instances.pop(fp)
         self._live.discard(inst)
+        self._timed.discard(inst)
         self._per_rule[inst.rule.name] = self._per_rule.get(inst.rule.name, 1) - 1
         if inst.device_id is not None:
             group = self._by_device.get(inst.device_id)
@@ -233,6 +241,10 @@ class Engine:
             self._live.add(inst)
         else:
             self._live.discard(inst)
+        if inst.has_timer:
+            self._timed.add(inst)
+        else:
+            self._timed.discard(inst)
 
     def _route(self, device_id: str, metric: str) -> _Series | None:
         device = self.devices.get(device_id)
@@ -245,7 +257,7 @@ class Engine:
         key = f"s:{device_id}|{metric}"
         series = self._series.get(key)
         if series is None:
-            series = self._series[key] = _Series(key)
+            series = self._series[key] = _Series(key, device_id)
             stashed = self._stash.pop(key, None)
         else:
             stashed = None
@@ -264,7 +276,7 @@ class Engine:
                 win = series.windows.get(float(res_text))
                 if win is not None:
                     win.load(data)
-        handlers: list[tuple[int, Instance, Any, Any]] = []
+        handlers: list[tuple[int, Instance, Any, Any, tuple[float, float]]] = []
         for rule in rules:
             if not bound(rule, device):
                 continue
@@ -273,16 +285,18 @@ class Engine:
                 continue
             if inst.ladder is None and rule.kind in LADDER_KINDS:
                 inst.ladder = self._ladder(rule, device)
+            lo = inst.ladder.quiet_below() if inst.ladder is not None else (1.0, math.inf)
             if rule.kind == "threshold":
-                handlers.append((_THRESHOLD, inst, inst.ladder, None))
+                handlers.append((_THRESHOLD, inst, inst.ladder, None, lo))
             elif rule.kind == "accumulation":
                 win = series.windows[rule.resolution_s]
-                handlers.append((_ACCUM, inst, inst.ladder, (win, win.index(rule.window_s))))
+                handlers.append((_ACCUM, inst, inst.ladder, (win, win.index(rule.window_s)), lo))
             elif rule.kind == "rate":
-                handlers.append((_RATE, inst, inst.ladder, None))
+                handlers.append((_RATE, inst, inst.ladder, None, lo))
             else:
-                handlers.append((_ANOMALY, inst, rule.z, None))
+                handlers.append((_ANOMALY, inst, rule.z, None, lo))
         series.handlers = handlers
+        series.wins = list(series.windows.values())
         self._routes[(device_id, metric)] = series if handlers else None
         return series if handlers else None
 
@@ -309,11 +323,14 @@ class Engine:
             feed(device_id, metric, ts.timestamp(), value)
 
     def feed_reading(self, device_id: str, metric: str, ts: float, value: float) -> None:
-        self.stats["readings"] += 1
-        seen = self._last_seen.get(device_id)
-        if seen is None or ts > seen:
+        """The hot path (bench.alerts): one dict lookup, the shared windows, then per rule a comparison with
+        the lowest level unless the instance is already active. State is marked dirty per series; the
+        instances behind a touched series are resolved at snapshot time."""
+        self.n_readings += 1
+        seen = self._last_seen.get(device_id, _NEG_INF)
+        if ts > seen:
             self._last_seen[device_id] = ts
-            self._dirty.add("d:" + device_id)
+            self._seen.add(device_id)
             if self.watermark is None or ts > self.watermark:
                 self.watermark = ts
                 if self.event_clock:
@@ -328,41 +345,51 @@ class Engine:
             self.stats["duplicates"] += 1
             return
         series.last_ts = ts
-        dirty = self._dirty
-        dirty.add(series.key)
-        for win in series.windows.values():
+        self._touched.add(series)
+        for win in series.wins:
             if not win.add(ts, value):
                 self.stats["too_old"] += 1
         late = ts < self._late_before
-        for kind, inst, ladder, extra in series.handlers:
+        for kind, inst, ladder, extra, lo in series.handlers:
             if kind == _THRESHOLD:
                 v: float = value
-                idx = ladder.step(inst.idx, v)
             elif kind == _ACCUM:
-                v = extra[0].total(extra[1])
-                idx = ladder.step(inst.idx, v)
+                v = extra[0].sums[extra[1]] / 1_000_000  # SeriesWindows.total, inlined
             elif kind == _RATE:
                 rate = inst.x.add(ts, value)
-                dirty.add(inst.key)
                 if rate is None:
                     continue
                 v = rate
-                idx = ladder.step(inst.idx, v)
             else:
                 z = inst.x.add(value)
-                dirty.add(inst.key)
                 v = value
-                idx = 0 if z is not None and abs(z) >= ladder else -1
                 inst.threshold = z
-            if idx < 0 and inst.idx < 0 and inst.state == "ok" and not inst.suppressed:
-                continue  # the common case: nothing to do
-            was = inst.active
-            inst.observe(ts, idx, v, ladder.enter[idx] if kind != _ANOMALY and idx >= 0 else inst.threshold,
-                         late)
-            dirty.add(inst.key)
-            self._track(inst)
-            if inst.active != was and inst.rule.name in self._refs:
-                self._composites(inst, ts, late)
+                idx = 0 if z is not None and abs(z) >= ladder else -1
+                if idx < 0 and inst.idx < 0 and inst.state == "ok":
+                    continue
+                self._observe(inst, ts, idx, v, z, late)
+                continue
+            if inst.idx < 0 and inst.state == "ok" and v * lo[0] < lo[1]:
+                continue  # the common case: below the lowest level and nothing open
+            idx = ladder.step(inst.idx, v)
+            if idx < 0 and inst.idx < 0 and inst.state == "ok":
+                continue
+            if idx == inst.idx and idx == inst.level_idx and inst.state == "firing" and inst.lower_since is None:
+                # Steady while firing: no timer can be due and nothing changes but the value.
+                inst.value = v
+                if ts > inst.last_ts:
+                    inst.last_ts = ts
+                continue
+            self._observe(inst, ts, idx, v, ladder.enter[idx] if idx >= 0 else None, late)
+
+    def _observe(self, inst: Instance, ts: float, idx: int, value: float | None, threshold: float | None,
+                 late: bool) -> None:
+        was = inst.active
+        inst.observe(ts, idx, value, threshold, late)
+        self._dirty.add(inst.key)
+        self._track(inst)
+        if inst.active != was and inst.rule.name in self._refs:
+            self._composites(inst, ts, late)
 
     def feed_status(self, device_id: str, status: str, ts: float, *, clock: bool = True) -> None:
         """`clock=False`: the time is not an event time (a bare status stamped on receipt); it must not move
@@ -481,7 +508,7 @@ class Engine:
             self._saved_watermark = self.watermark
             self._dirty.add("m:engine")
         self._late_before = now - self.late_after_s
-        for inst in list(self._live):
+        for inst in list(self._timed):
             if inst.hold_until is not None and now >= inst.hold_until:
                 until = inst.hold_until
                 inst.hold_until = None
@@ -516,6 +543,8 @@ class Engine:
         return self.take()
 
     def _refresh_mutes(self, now: float) -> None:
+        if not (self.muting.silences or self.muting.windows or self.rules.inhibit):
+            return  # nothing can mute an episode except flapping, which transitions decide
         for inst in self._live:
             if inst.state not in ACTIVE or inst.rule.internal:
                 continue
@@ -658,14 +687,28 @@ class Engine:
     # -- snapshot ------------------------------------------------------------------------------------------
     def snapshot(self, *, full: bool = False) -> dict[str, bytes | None]:
         keys = set(self._dirty)
+        for series in self._touched:
+            keys.add(series.key)
+            for handler in series.handlers:
+                keys.add(handler[1].key)
+        self._touched.clear()
+        keys.update("d:" + d for d in self._seen)
+        self._seen.clear()
         if full:
             keys |= {i.key for i in self._instances.values()} | {s.key for s in self._series.values()}
             keys |= {"d:" + d for d in self._last_seen} | {"g:incidents", "m:engine"}
             keys |= {"c:" + k for k in self._comp_members}
         self._dirty.clear()
         out: dict[str, bytes | None] = {}
+        stored = self._stored
         for key in keys:
-            out[key] = self._dump(key)
+            data = self._dump(key)
+            if data is not None:
+                out[key] = data
+                stored.add(key)
+            elif key in stored:  # was kept before: delete it
+                out[key] = None
+                stored.discard(key)
         return out
 
     def _dump(self, key: str) -> bytes | None:
@@ -696,6 +739,7 @@ class Engine:
     def restore(self, state: Mapping[str, bytes]) -> None:
         """Load a snapshot (before the first tick). Open episodes and timers are re-created at once, so they
         run on the clock even if their device never sends again."""
+        self._stored |= set(state)
         for key, raw in state.items():
             data = orjson.loads(raw)
             kind, _, rest = key.partition(":")

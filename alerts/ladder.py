@@ -8,6 +8,7 @@ below` (speeds, voltages) is the mirror image: values are negated once here so t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 
@@ -46,6 +47,14 @@ class Ladder:
             while i >= 0 and v < exit_[i]:
                 i -= 1
         return i
+
+    def quiet_below(self) -> tuple[float, float]:
+        """(sign, bound): `value * sign < bound` means the value is below the lowest level's enter value, so an
+        idle instance stays idle without calling `step` (the engine's fast path)."""
+        first = self._enter[0]
+        if self._strict:
+            return self._sign, math.nextafter(first, math.inf)
+        return self._sign, first
 
     def excess(self, level: int, value: float) -> float:
         """How far the value is past the enter value of `level` (positive when past)."""

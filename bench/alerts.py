@@ -1,0 +1,389 @@
+"""Alerts benchmark (issue 6): `python -m bench.alerts [--quick] [--skip-e2e]`.
+
+1. Core: the pure engine over 200 rules (40 metrics × threshold ladder, rate of change, rain over 1 h, 24 h and
+   72 h) and 5,000 devices, windows warmed to steady state (72 h of 10-minute reports), then timed on fresh
+   readings — next to the naive baseline (`bench.alerts_naive`: the same rules and state machine, every window
+   recomputed from scratch), run in the same process on the same readings. Both are first checked to produce
+   identical transitions on a small run. Also the state size per (rule, device) instance (a full snapshot).
+2. End to end: `occ alerts` as a child process (wall clock, production settings) between a real broker and
+   a real PostgreSQL, devices publishing 5,000 msg/s; every 100th message is a probe whose reading flips an
+   alert; latency = probe published → its alert received on occ/v1/_sys/alerts/#.
+
+Progress on stderr; the report on stdout, its last line one JSON object with core_readings_per_s,
+baseline_readings_per_s, ratio, e2e_p99_ms, state_bytes_per_instance and the machine. Core and baseline
+rates are per CPU-second of this process (time.process_time): the test machines are shared, and wall time
+would measure the neighbours; the ratio is what to compare across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from alerts.engine import Engine
+from alerts.rules import RuleSet, parse_rules
+from bench.alerts_naive import NaiveEngine
+from bench.common import machine_info, percentile
+from occ.models import Device
+
+T0 = 1_784_000_000.0
+REPORT_S = 600.0
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def rules_text(metrics: int) -> str:
+    parts = ["rules:"]
+    for m in range(metrics):
+        name = f"m{m:02d}"
+        parts.append(f"""
+  - name: {name}-level
+    kind: threshold
+    select: {{has: [levels.I]}}
+    metric: {name}
+    hysteresis: 0.5
+    levels:
+      - {{name: I, severity: 1, enter: levels.I}}
+      - {{name: II, severity: 2, enter: levels.II}}
+      - {{name: III, severity: 3, enter: levels.III}}
+    keep_firing_for: 20m
+    deescalate_after: 30m
+  - name: {name}-rate
+    kind: rate
+    metric: {name}
+    window: 1h
+    levels: [{{name: rising, severity: 1, enter: 30, exit: 20}}]
+    for: 10m
+  - name: {name}-1h
+    kind: accumulation
+    metric: {name}
+    window: 1h
+    resolution: 10m
+    hysteresis: 2
+    levels: [{{name: heavy-1h, severity: 2, enter: 25}}, {{name: intense-1h, severity: 3, enter: 45}}]
+    keep_firing_for: 30m
+  - name: {name}-24h
+    kind: accumulation
+    metric: {name}
+    window: 24h
+    resolution: 10m
+    strict: true
+    hysteresis: 5
+    levels: [{{name: moderate, severity: 1, enter: 15}}, {{name: heavy, severity: 2, enter: 50}},
+             {{name: very-heavy, severity: 3, enter: 100}}]
+  - name: {name}-72h
+    kind: accumulation
+    metric: {name}
+    window: 72h
+    resolution: 10m
+    hysteresis: 10
+    levels: [{{name: wet-72h, severity: 1, enter: 150}}, {{name: soaked-72h, severity: 2, enter: 300}}]
+""")
+    return "".join(parts)
+
+
+def make_devices(count: int, metrics: int) -> list[Device]:
+    return [Device(f"B{i:05d}", "hydromet", area=f"area-{i % 11}",
+                   attributes={"report_interval_s": REPORT_S, "metric": f"m{i % metrics:02d}",
+                               "levels": {"I": 6.0 + (i % 5), "II": 9.0 + (i % 5), "III": 12.0 + (i % 5)}})
+            for i in range(count)]
+
+
+class Stream:
+    """Readings in event-time order: every device reports its metric every 10 minutes (staggered), rain-like
+    values: a gauge is wet about 10 % of the time (showers start with p = 0.02 and stop with p = 0.18 per
+    step; gamma-distributed amounts, mean 2.4 mm per 10 min), generated step by step so memory stays flat."""
+
+    def __init__(self, devices: list[Device], seed: int = 1) -> None:
+        self.ids = [d.id for d in devices]
+        self.metrics = [d.attributes["metric"] for d in devices]
+        self.offsets = np.array([(i * 7) % int(REPORT_S) for i in range(len(devices))], dtype=np.float64)
+        order = np.argsort(self.offsets, kind="stable")
+        self.ids = [self.ids[i] for i in order]
+        self.metrics = [self.metrics[i] for i in order]
+        self.offsets = self.offsets[order]
+        self.rng = np.random.default_rng(seed)
+        self.step = 0
+        self.wet = np.zeros(len(devices), dtype=bool)
+
+    def next_step(self) -> list[tuple[str, str, float, float]]:
+        n = len(self.ids)
+        u = self.rng.random(n)
+        self.wet = np.where(self.wet, u >= 0.18, u < 0.02)
+        values = np.where(self.wet, self.rng.gamma(0.8, 3.0, n), 0.0)
+        ts = T0 + self.step * REPORT_S + self.offsets
+        self.step += 1
+        return list(zip(self.ids, self.metrics, ts.tolist(), np.round(values, 1).tolist(), strict=True))
+
+
+def check_equivalent(rules: RuleSet, devices: list[Device]) -> int:
+    """The core and the baseline decide the same transitions (a small run from scratch)."""
+    sample = devices[:200]
+    core = Engine(rules, sample)
+    naive = NaiveEngine(rules, sample)
+    stream = Stream(sample, seed=5)
+    a: list[tuple[str, str, str, float]] = []
+    b: list[tuple[str, str, str, float]] = []
+    for _ in range(300):
+        for device_id, metric, ts, value in stream.next_step():
+            core.feed_reading(device_id, metric, ts, value)
+            naive.feed_reading(device_id, metric, ts, value)
+        a.extend((t.fingerprint, t.from_state, t.state, t.ts) for t in core.take().transitions)
+        b.extend((i.fingerprint, f, snap[0], ts) for i, f, _s, ts, _r, snap in naive.take())
+    if sorted(a) != sorted(b):
+        raise SystemExit(f"core and baseline disagree: {len(a)} vs {len(b)} transitions")
+    return len(a)
+
+
+def bench_core(args: argparse.Namespace) -> dict[str, Any]:
+    metrics = args.rules // 5
+    rules = parse_rules(rules_text(metrics), "bench-rules.yaml")
+    devices = make_devices(args.devices, metrics)
+    log(f"core: {len(rules.rules)} rules, {len(devices)} devices; checking the baseline agrees with the core")
+    agreed = check_equivalent(rules, devices)
+    log(f"core: identical transitions on the check run ({agreed})")
+    engine = Engine(rules, devices)
+    naive = NaiveEngine(rules, devices)
+    stream = Stream(devices)
+    warm_steps = int(args.warmup_h * 3600 / REPORT_S)
+    began = time.process_time()
+    for _ in range(warm_steps):
+        batch = stream.next_step()
+        for device_id, metric, ts, value in batch:
+            engine.feed_reading(device_id, metric, ts, value)
+            naive.samples.setdefault((device_id, metric), deque()).append((ts, value))
+            naive.last_ts[(device_id, metric)] = ts
+        engine.tick(batch[-1][2])
+        engine.take()
+    log(f"core: warmed {warm_steps} steps ({warm_steps * len(devices):,} readings) in "
+        f"{time.process_time() - began:.1f} s")
+    state_bytes, instances = engine.state_size()
+    engine.snapshot()
+    steps = [stream.next_step() for _ in range(args.steps)]
+    transitions = 0
+    snapshot_s = 0.0
+    snapshot_bytes = 0
+    began = time.process_time()
+    feed = engine.feed_reading
+    for batch in steps:
+        for device_id, metric, ts, value in batch:
+            feed(device_id, metric, ts, value)
+        transitions += len(engine.tick(batch[-1][2]).transitions)
+        # What the service commits with every step, timed apart: the evaluation is the core's figure.
+        mark = time.process_time()
+        snapshot_bytes += sum(len(v) for v in engine.snapshot().values() if v)
+        snapshot_s += time.process_time() - mark
+    core_s = time.process_time() - began - snapshot_s
+    core_n = sum(len(b) for b in steps)
+    base_steps = steps[: args.baseline_steps]
+    began = time.process_time()
+    for batch in base_steps:
+        for device_id, metric, ts, value in batch:
+            naive.feed_reading(device_id, metric, ts, value)
+        naive.take()
+    base_s = time.process_time() - began
+    base_n = sum(len(b) for b in base_steps)
+    result = {
+        "rules": len(rules.rules), "devices": len(devices), "instances": instances,
+        "core_readings": core_n, "core_seconds": round(core_s, 3),
+        "core_readings_per_s": round(core_n / core_s), "core_transitions": transitions,
+        "baseline_readings": base_n, "baseline_seconds": round(base_s, 3),
+        "baseline_readings_per_s": round(base_n / base_s),
+        "snapshot_us_per_reading": round(snapshot_s / core_n * 1e6, 2),
+        "snapshot_bytes_per_reading": round(snapshot_bytes / core_n, 1),
+        "state_bytes_total": state_bytes, "state_bytes_per_instance": round(state_bytes / max(1, instances), 1),
+    }
+    result["ratio"] = round(result["core_readings_per_s"] / result["baseline_readings_per_s"], 1)
+    log(f"core: {result['core_readings_per_s']:,} readings/s; baseline {result['baseline_readings_per_s']:,} "
+        f"readings/s; ratio {result['ratio']}×; state {result['state_bytes_per_instance']} B per instance")
+    return result
+
+
+# --- end to end -------------------------------------------------------------------------------------------
+
+class Probes:
+    """Publishes the load with paho (QoS 1) and records when each probe went out and when its alert came."""
+
+    def __init__(self, mqtt_url: str) -> None:
+        import paho.mqtt.client as paho
+
+        from occ.bus import BrokerAddress
+
+        address = BrokerAddress.parse(mqtt_url)
+        self.sent: dict[tuple[str, float], float] = {}
+        self.received: dict[tuple[str, float], float] = {}
+        self.pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{os.getpid()}")
+        self.pub.max_inflight_messages_set(2000)
+        self.pub.max_queued_messages_set(0)
+        self.pub.connect(address.host, address.port)
+        self.pub.loop_start()
+        subscribed = threading.Event()
+        self.sub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{os.getpid()}")
+        self.sub.on_connect = lambda c, u, f, rc, p: c.subscribe("occ/v1/_sys/alerts/#", 1)
+        self.sub.on_subscribe = lambda c, u, mid, rc, p: subscribed.set()
+        self.sub.on_message = self._on_alert
+        self.sub.connect(address.host, address.port)
+        self.sub.loop_start()
+        subscribed.wait(10)
+
+    def _on_alert(self, client: Any, userdata: Any, msg: Any) -> None:
+        from datetime import datetime
+
+        payload = orjson.loads(msg.payload)
+        when = datetime.fromisoformat(payload["changed_at"].replace("Z", "+00:00")).timestamp()
+        self.received.setdefault((payload["device_id"], round(when, 3)), time.time())
+
+    def run(self, devices: list[str], probes: list[str], rate: float, seconds: float) -> int:
+        sent = 0
+        began = time.time()
+        chunk = max(1, int(rate / 200))
+        k = 0
+        while time.time() - began < seconds:
+            due = began + sent / rate
+            wait = due - time.time()
+            if wait > 0:
+                time.sleep(wait)
+            now = time.time()
+            for _ in range(chunk):
+                if k % 100 == 0:
+                    device = probes[(k // 100) % len(probes)]
+                    value = 20.0 if (k // 100 // len(probes)) % 2 == 0 else 0.0
+                    ts = round(now, 3)
+                    self.sent[(device, ts)] = time.time()
+                else:
+                    device = devices[k % len(devices)]
+                    value = 0.0
+                    ts = round(now, 3)
+                self.pub.publish(f"occ/v1/hydromet/{device}/telemetry",
+                                 orjson.dumps({"ts": ts, "values": {"m00": value}}), qos=1)
+                k += 1
+                sent += 1
+        return sent
+
+    def latencies_ms(self) -> list[float]:
+        return [(self.received[key] - t) * 1000 for key, t in self.sent.items() if key in self.received]
+
+    def close(self) -> None:
+        for c in (self.pub, self.sub):
+            c.disconnect()
+            c.loop_stop()
+
+
+def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
+    from occ.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
+    from occ.store import Store
+
+    work = Path(tempfile.mkdtemp(prefix="occ-bench-alerts-", dir="/tmp"))
+    work.chmod(0o755)
+    pg = EmbeddedPostgres(work / "pg", durable=True)
+    broker = EmbeddedBroker(work / "broker", kind="auto")
+    proc: subprocess.Popen[bytes] | None = None
+    probes: Probes | None = None
+    try:
+        base = pg.start()
+        broker.start()
+        url = base
+        rules_dir = work / "rules"
+        rules_dir.mkdir()
+        # A single probe metric with a ladder that flips on every probe; the other devices send 0 (no alert).
+        (rules_dir / "bench.yaml").write_text(rules_text(args.rules // 5))
+        devices = make_devices(args.devices, 1)
+
+        async def seed() -> None:
+            store = await Store.connect(url, pool_size=1, timescaledb="off")
+            try:
+                await store.upsert_devices(devices)
+            finally:
+                await store.close()
+
+        asyncio.run(seed())
+        port = free_port()
+        env = {**os.environ, "OCC_DATABASE_URL": url, "OCC_MQTT_URL": broker.services_url,
+               "OCC_ALERTS__RULES_DIR": str(rules_dir), "OCC_ALERTS__HTTP_PORT": str(port),
+               "OCC_ALERTS__CLIENT_ID": "bench-alerts", "OCC_DATABASE__TIMESCALEDB": "off",
+               "OCC_LOG_LEVEL": "WARNING"}
+        proc = subprocess.Popen([sys.executable, "-m", "occ.cli", "alerts"], env=env)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        probes = Probes(broker.url)
+        ids = [d.id for d in devices]
+        probe_ids = ids[:50]
+        others = ids[50:]
+        log(f"e2e: {args.rate:,.0f} msg/s for {args.seconds:.0f} s into occ alerts ({len(devices)} devices)")
+        sent = probes.run(others, probe_ids, args.rate, args.seconds)
+        time.sleep(3.0)
+        lat = probes.latencies_ms()
+        result = {"e2e_rate_msg_s": args.rate, "e2e_sent": sent, "e2e_probes": len(probes.sent),
+                  "e2e_alerts_matched": len(lat), "e2e_p50_ms": round(percentile(lat, 50), 1),
+                  "e2e_p99_ms": round(percentile(lat, 99), 1), "e2e_max_ms": round(max(lat), 1) if lat else None}
+        log(f"e2e: {len(lat)}/{len(probes.sent)} probes answered; p50 {result['e2e_p50_ms']} ms, "
+            f"p99 {result['e2e_p99_ms']} ms")
+        return result
+    finally:
+        if probes is not None:
+            probes.close()
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        broker.stop()
+        pg.stop(mode="immediate")
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.alerts", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--devices", type=int, default=5000)
+    parser.add_argument("--rules", type=int, default=200, help="a multiple of 5 (5 rules per metric)")
+    parser.add_argument("--warmup-h", type=float, default=72.0, help="event-time hours of warm-up (windows full)")
+    parser.add_argument("--steps", type=int, default=60, help="timed 10-minute steps of every device (core)")
+    parser.add_argument("--baseline-steps", type=int, default=6, help="timed steps for the baseline")
+    parser.add_argument("--rate", type=float, default=5000.0, help="end-to-end messages per second")
+    parser.add_argument("--seconds", type=float, default=20.0, help="end-to-end duration")
+    parser.add_argument("--skip-e2e", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="smaller run (rough figures)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.warmup_h, args.steps, args.baseline_steps, args.seconds = 24.0, 20, 3, 8.0
+    report: dict[str, Any] = {"benchmark": "alerts", **machine_info()}
+    report.update(bench_core(args))
+    if not args.skip_e2e:
+        report.update(bench_e2e(args))
+    else:
+        report["e2e_p99_ms"] = None
+    print(f"core {report['core_readings_per_s']:,} readings/s vs baseline {report['baseline_readings_per_s']:,} "
+          f"(×{report['ratio']}); state {report['state_bytes_per_instance']} B/instance; "
+          f"e2e p99 {report.get('e2e_p99_ms')} ms")
+    print(json.dumps(report, ensure_ascii=False))
+    return 0 if not math.isnan(float(report.get("e2e_p99_ms") or 0)) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
