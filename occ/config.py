@@ -176,21 +176,21 @@ class IngestConfig:
 
 @dataclass(frozen=True, slots=True)
 class AlertsConfig:
-    client_id: str = "occ-alerts"
+    client_id: str = field(default="occ-alerts", metadata=checked(_name))
     """Its own persistent MQTT session (never the ingest share group): every message reaches the engine."""
     rules_dir: str = ""
     """Rule files (*.yaml); empty means <config_dir>/rules."""
-    late_after_s: float = 900.0
+    late_after_s: float = field(default=900.0, metadata=between(0, None))
     """Data older than this (processing time) opens `late` episodes: stored and shown, not announced as new."""
-    tick_ms: int = 1000
+    tick_ms: int = field(default=1000, metadata=between(1, 60_000))
     """Clock tick: timers, deadman, silences, the outbox of operator actions."""
-    linger_ms: int = 20
-    batch_max: int = 2000
-    max_unacked: int = 20_000
+    linger_ms: int = field(default=20, metadata=between(0, 60_000))
+    batch_max: int = field(default=2000, metadata=between(1, 1_000_000))
+    max_unacked: int = field(default=20_000, metadata=between(1, None))
     http_host: str = "127.0.0.1"
-    http_port: int = 9102
-    retry_max_s: float = 30.0
-    clock: str = "wall"
+    http_port: int = field(default=9102, metadata=PORT)
+    retry_max_s: float = field(default=30.0, metadata=between(0.1, 3600))
+    clock: str = field(default="wall", metadata=one_of("wall", "event"))
     """wall: processing time is the wall clock. event: it is the newest event time received (replays, scenario
     tests with `occ simulate --fast`): timers, deadman and lateness follow the data stream, never the wall."""
 
@@ -198,32 +198,32 @@ class AlertsConfig:
 @dataclass(frozen=True, slots=True)
 class WebConfig:
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: int = field(default=8080, metadata=PORT)
     """`occ up` picks a free port instead when this one is taken."""
     allowed_origins: str = ""
     """Comma-separated extra origins allowed to open the websocket and write (the server's own is always)."""
     cookie_secure: bool = False
     """Mark the session cookie Secure (set true behind HTTPS)."""
-    session_hours: float = 12.0
+    session_hours: float = field(default=12.0, metadata=between(0.01, None))
     """Idle lifetime of a login session; each use slides it forward."""
-    kiosk_days: int = 365
-    login_max_failures: int = 5
+    kiosk_days: int = field(default=365, metadata=between(1, None))
+    login_max_failures: int = field(default=5, metadata=between(1, None))
     """Failed logins per client address and per user name within login_window_s before logins are refused."""
-    login_window_s: int = 300
+    login_window_s: int = field(default=300, metadata=between(1, None))
     tile_url: str = ""
     """Map tile URL template ({z}/{x}/{y}); empty: draw the area outlines from config/ on a plain background."""
     tile_attribution: str = ""
-    client_id: str = "occ-web"
-    reading_interval_s: float = 1.0
+    client_id: str = field(default="occ-web", metadata=checked(_name))
+    reading_interval_s: float = field(default=1.0, metadata=between(0, 3600))
     """Live feed: at most one reading update per device per this many seconds (newer values coalesce)."""
-    flush_ms: int = 100
+    flush_ms: int = field(default=100, metadata=between(0, 60_000))
     """Live feed: readings are sent to clients in batches at this interval (alert changes go at once)."""
-    heartbeat_s: float = 15.0
-    client_max_pending: int = 2000
+    heartbeat_s: float = field(default=15.0, metadata=between(0.1, 3600))
+    client_max_pending: int = field(default=2000, metadata=between(1, None))
     """Status/alert changes queued for one slow client before it gets a fresh snapshot instead."""
-    client_max_lag_s: float = 30.0
+    client_max_lag_s: float = field(default=30.0, metadata=between(0.1, None))
     """A client whose queued changes wait longer than this is closed (it cannot keep up)."""
-    history: int = 20000
+    history: int = field(default=20000, metadata=between(0, None))
     """Changes kept for resume after a reconnect."""
 
 

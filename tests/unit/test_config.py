@@ -71,6 +71,7 @@ SAMPLE_VALUES = {
     "log_level": "WARNING",
     "mqtt.topic_prefix": "x",
     "ingest.transport": "paho",
+    "alerts.clock": "event",
 }
 
 
@@ -98,6 +99,8 @@ def test_every_setting_has_an_environment_name_that_round_trips() -> None:
         ("site:\n  hydro_day_start_hour: 24\n", 2, "between 0 and 23"),
         ("log_level: LOUD\n", 1, "one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
         ("ingest:\n  retry_max_s: 0\n", 2, "between 0.1 and 3600"),
+        ("web:\n  port: 80800\n", 2, "web.port: must be between 0 and 65535"),
+        ("alerts:\n  clock: sundial\n", 2, "alerts.clock: must be one of wall, event"),
     ],
 )
 def test_values_are_checked_against_ranges_and_choices_with_the_line(
