@@ -48,8 +48,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from ingest.batcher import Batcher
-
 T = TypeVar("T")
 
 
@@ -164,7 +162,13 @@ class IngestFlow(Generic[T]):
         self.poison_attempts = poison_attempts
         self._clock = clock
         self._random = random
-        self._batcher: Batcher[T] = Batcher(max_items=batch_max, linger_s=linger_s, clock=clock)
+        if batch_max < 1:
+            raise ValueError("batch_max must be at least 1")
+        self.batch_max = batch_max
+        self.linger_s = linger_s
+        # The batch being filled (the policy of ingest/batcher.py, inlined: this is the per-message path).
+        self._items: list[T] = []
+        self._first_at = 0.0
         self._sizes: list[int] = []
         self._batches: dict[int, _Batch[T]] = {}
         self._next_seq = 0
@@ -179,7 +183,7 @@ class IngestFlow(Generic[T]):
     # -- state --------------------------------------------------------------------------------------
     @property
     def held_in_batcher(self) -> int:
-        return len(self._batcher)
+        return len(self._items)
 
     @property
     def batches_out(self) -> int:
@@ -196,12 +200,14 @@ class IngestFlow(Generic[T]):
         """One message arrived (the hot path: keep it cheap; usually returns an empty tuple)."""
         self.unacked += 1
         self.unacked_bytes += nbytes
-        batcher = self._batcher
-        first = not len(batcher)
-        full = batcher.add(item)
+        items = self._items
+        first = not items
+        if first:
+            self._first_at = self._clock()
+        items.append(item)
         self._sizes.append(nbytes)
         out: list[Action[T]] | None = None
-        if (full or self.draining) and len(self._batches) < self.max_batches:
+        if (len(items) >= self.batch_max or self.draining) and len(self._batches) < self.max_batches:
             out = self._flush_ready()
             out.extend(self._linger_tick())
         elif first:
@@ -295,13 +301,19 @@ class IngestFlow(Generic[T]):
         return batch
 
     def _flush_ready(self) -> list[Action[T]]:
-        """Flush every batch that is due (all that is held, while draining) as long as slots allow."""
+        """Flush every batch that is due (all that is held, while draining) as long as slots allow.
+
+        Due: `batch_max` items held, or the oldest has waited `linger_s`. What a flush leaves behind (more than
+        `batch_max` were held) starts a new linger period."""
         out: list[Action[T]] = []
-        batcher = self._batcher
-        while len(batcher) and len(self._batches) < self.max_batches and (self.draining or batcher.due()):
-            n = min(len(batcher), batcher.max_items)
-            items = batcher.take()
+        while self._items and len(self._batches) < self.max_batches and (
+            self.draining or len(self._items) >= self.batch_max or self._clock() >= self._first_at + self.linger_s
+        ):
+            n = self.batch_max
+            items, self._items = self._items[:n], self._items[n:]
             sizes, self._sizes = self._sizes[:n], self._sizes[n:]
+            if self._items:
+                self._first_at = self._clock()
             seq = self._next_seq
             self._next_seq += 1
             self._batches[seq] = _Batch(items, sum(sizes))
@@ -312,8 +324,6 @@ class IngestFlow(Generic[T]):
         """A tick at the held items' linger deadline, when they could be flushed then.
 
         Not while every slot is taken: the next commit flushes them (a tick then would only spin)."""
-        batcher = self._batcher
-        if not len(batcher) or len(self._batches) >= self.max_batches:
+        if not self._items or len(self._batches) >= self.max_batches:
             return []
-        wait = batcher.wait_s()
-        return [] if wait is None else [TickAt(self._clock() + wait)]
+        return [TickAt(max(self._first_at + self.linger_s, self._clock()))]
