@@ -236,7 +236,7 @@ def _up(config: Config, args: argparse.Namespace) -> int:
                             bind=args.bind, mqtt_port=args.mqtt_port, db_port=args.db_port)
 
     def request_stop(signum: int, frame: Any) -> None:
-        supervisor.request_stop()  # a flag only: the supervisor stops at its next step, never half-way
+        supervisor.request_stop(signum)  # a flag only: the supervisor stops at its next step, never half-way
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, request_stop)

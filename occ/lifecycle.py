@@ -2,7 +2,7 @@
 
 A service's `start()` may wait a long time — for a database that is not there yet, a broker that refuses —
 and its `stop()` may wait for a drain. A signal must end both: SIGINT, SIGTERM or SIGHUP cancels a start in
-progress and runs `stop()` under a deadline; a second signal exits at once (the broker redelivers whatever
+progress and runs `stop()` under a deadline; a second Ctrl-C exits at once (the broker redelivers whatever
 was not acknowledged, so nothing is lost by not waiting).
 """
 
@@ -21,11 +21,14 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def stop_on_signals(stop: asyncio.Event, *, name: str) -> None:
-    """SIGINT, SIGTERM or SIGHUP sets `stop`; a second one exits the process at once."""
+    """SIGINT, SIGTERM or SIGHUP sets `stop`; a second Ctrl-C (SIGINT) exits the process at once.
+
+    A repeated SIGTERM does not: under `occ up` a service gets one from a `kill -TERM -- -<group>` and another
+    from the supervisor stopping it, and must still drain."""
     loop = asyncio.get_running_loop()
 
     def on_signal(sig: int) -> None:
-        if stop.is_set():
+        if stop.is_set() and sig == signal.SIGINT:
             log.warning("%s: second signal; exiting without waiting for the drain", name)
             os._exit(128 + sig)
         stop.set()

@@ -311,9 +311,12 @@ class Supervisor:
     def stop_requested(self) -> bool:
         return self._stop_requested
 
-    def request_stop(self) -> None:
-        """From a signal handler: the first request stops cleanly, a second one stops without waiting."""
-        if self._stop_requested:
+    def request_stop(self, signum: int = signal.SIGTERM) -> None:
+        """From a signal handler: the first request stops cleanly; a second Ctrl-C (SIGINT) stops without waiting.
+
+        Only SIGINT escalates: a SIGTERM often comes twice on its own (`kill -TERM -- -<group>` of `make run`
+        reaches us directly and again through make), and must still let the services drain."""
+        if self._stop_requested and signum == signal.SIGINT:
             self._hurry = True
         self._stop_requested = True
 

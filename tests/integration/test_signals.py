@@ -107,3 +107,21 @@ async def test_ingest_stops_while_holding_messages_for_a_database_that_is_down(
         ingest.stop()
         if publisher is not None:
             publisher.close()
+
+
+def test_a_repeated_sigterm_still_stops_cleanly(tmp_path: Path, database_url: str, mqtt_services_url: str) -> None:
+    """Under `occ up` a worker gets SIGTERM twice (from `kill -TERM -- -<group>` and from the supervisor): it must
+    still drain and exit 0, not take the second one for an impatient person's second Ctrl-C."""
+    ingest = IngestProcess(tmp_path / "ingest.log", database_url=database_url, mqtt_url=mqtt_services_url,
+                           client_id=f"sig-twice-{uuid.uuid4().hex[:6]}", http_port=free_port())
+    try:
+        ingest.start()
+        ingest.wait_ready()
+        assert ingest.process is not None
+        ingest.process.send_signal(signal.SIGTERM)
+        time.sleep(0.05)  # two signals sent together would merge into one
+        ingest.process.send_signal(signal.SIGTERM)
+        assert ingest.process.wait(STOP_WITHIN_S) == 0, ingest.log()
+        assert "second signal" not in ingest.log()
+    finally:
+        ingest.stop()

@@ -86,3 +86,20 @@ def test_secrets_never_appear_in_reprs() -> None:
                     mqtt=MqttConfig(url="mqtt://svc:hunter2@broker:1883"))
     assert "s3cret" not in repr(config) and "hunter2" not in repr(config)
     assert "db/occ" in repr(config.database)
+
+
+def test_only_a_second_ctrl_c_hurries_the_stop() -> None:
+    """`kill -TERM -- -<group>` of `make run` reaches `occ up` twice (directly and through make): that must not
+    skip the services' drain the way a person's second Ctrl-C does."""
+    import signal
+
+    from occ.supervisor import Supervisor
+
+    patient = Supervisor(Config())
+    patient.request_stop(signal.SIGTERM)
+    patient.request_stop(signal.SIGTERM)
+    assert patient.stop_requested and not patient._hurry
+    impatient = Supervisor(Config())
+    impatient.request_stop(signal.SIGINT)
+    impatient.request_stop(signal.SIGINT)
+    assert impatient._hurry
