@@ -579,6 +579,7 @@ class Supervisor:
     def stop(self) -> None:
         """Services first (SIGTERM, they drain), then the broker, then the database; idempotent."""
         self._stop_requested = True
+        began = time.monotonic()
         for child in self.children:
             if child.alive():
                 assert child.process is not None
@@ -593,10 +594,16 @@ class Supervisor:
                 child.process.kill()
             if child.process is not None:
                 child.process.wait()
+        services = time.monotonic()
         if self.broker:
             self.broker.stop()
+        broker = time.monotonic()
         if self.postgres:
             self.postgres.stop(mode="immediate" if self._hurry else "fast")
+        done = time.monotonic()
+        if self.children or self.servers:
+            log.info("stopped in %.1f s (services %.1f s, broker %.1f s, database %.1f s)", done - began,
+                     services - began, broker - services, done - broker)
         (self.var / "endpoints.json").unlink(missing_ok=True)
         if self._lock_file:
             self._lock_file.close()
