@@ -318,6 +318,14 @@ class PublisherProcess:
         counts = [line.get("published", 0) for line in list(self.lines)]
         return max(counts, default=0)
 
+    async def reached(self, count: int, timeout: float = 60) -> None:
+        """Until `count` messages are handed to paho (a fault injected then lands mid-stream whatever the load:
+        a trigger on stored readings alone let the stream end first on a busy machine)."""
+        deadline = time.monotonic() + timeout
+        while self.progress() < count:
+            assert self.running() and time.monotonic() < deadline, f"publisher at {self.progress()} of {count}"
+            await asyncio.sleep(0.02)
+
     def connects(self) -> int:
         return max((line.get("connects", 0) for line in list(self.lines)), default=0)
 

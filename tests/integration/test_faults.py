@@ -53,7 +53,8 @@ async def test_sigkill_of_ingest_mid_stream_loses_and_duplicates_nothing(
         await asyncio.to_thread(ingest.wait_ready)  # its persistent session exists before anything is published
         publisher = PublisherProcess(broker.url, start=0, stop=MESSAGES, t0=t0, client_id=f"pub-{uuid.uuid4().hex[:8]}",
                                      rate=4000)
-        seen = await wait_for_readings(database_url, 2 * MESSAGES // 5, 60, alive=publisher.running)
+        seen = await wait_for_readings(database_url, 1, 60, alive=publisher.running)
+        await publisher.reached(2 * MESSAGES // 5)
         ingest.kill()
         committed = await count_readings(database_url)
         assert 0 < seen <= committed < 2 * MESSAGES, f"not killed mid-stream ({seen}, {committed})"
@@ -174,7 +175,8 @@ async def test_broker_restart_mid_stream(broker: EmbeddedBroker, database_url: s
         await asyncio.to_thread(ingest.wait_ready)
         publisher = PublisherProcess(broker.url, start=0, stop=MESSAGES, t0=t0, client_id=f"pub-{uuid.uuid4().hex[:8]}",
                                      rate=4000, persistent=True)
-        await wait_for_readings(database_url, 2 * MESSAGES // 5, 60, alive=publisher.running)
+        await wait_for_readings(database_url, 1, 60, alive=publisher.running)
+        await publisher.reached(2 * MESSAGES // 5)
         ingest.freeze()
         port = broker.port
         broker.stop()  # graceful: Mosquitto writes sessions and queued messages to its persistence file
