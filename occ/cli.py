@@ -329,6 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config: Config | None = None
     try:
         config = load_config(args.config, flags=_flags(args))
+        if rest is None and args.command != "up":
+            config = _with_running_stack(config)  # before anything can fail, so errors name the right server
         status = _simulate(config, rest) if rest is not None else _run(config, args)
         sys.stdout.flush()  # inside the try: a reader that went away (`| head`) is an everyday case too
         return status
@@ -346,7 +348,6 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     setup_logging(config.log_level, service=args.command)
     if args.command == "up":
         return _up(config, args)
-    config = _with_running_stack(config)
     if args.command == "ingest":
         return asyncio.run(_ingest(config, drain_only=args.drain))
     if args.command == "db":
