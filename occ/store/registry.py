@@ -91,12 +91,12 @@ class Registry(StoreBase):
         ids = sorted(set(device_ids))
         if not ids:
             return []
+        # Tables in write_batch's lock order (latest, device_status, devices): no deadlock with ingest.
         async with self._connection() as conn, conn.transaction():
+            await conn.execute("DELETE FROM latest WHERE device_id = ANY($1::text[])", ids)
+            await conn.execute("DELETE FROM device_status WHERE device_id = ANY($1::text[])", ids)
             rows = await conn.fetch("DELETE FROM devices WHERE id = ANY($1::text[]) RETURNING id", ids)
-            removed = sorted(r["id"] for r in rows)
-            await conn.execute("DELETE FROM latest WHERE device_id = ANY($1::text[])", removed)
-            await conn.execute("DELETE FROM device_status WHERE device_id = ANY($1::text[])", removed)
-        return removed
+        return sorted(r["id"] for r in rows)
 
     async def register_unprovisioned(self, ids_with_kind: Mapping[str, str]) -> int:
         """Register devices seen on the bus but not in the catalog (provisioned=false); existing devices are

@@ -518,3 +518,13 @@ async def test_terminated_backends_are_replaced(store: Store, database_url: str)
         await conn.close()
     await asyncio.sleep(0.2)  # let the termination notices arrive on the idle connections
     assert (await store.write_batch(rows_at(T0, 7), received_at=T0)).inserted == 7
+
+
+async def test_remove_devices_keeps_history(store: Store) -> None:
+    await store.upsert_devices([Device("st1", "hydromet"), Device("st2", "hydromet")])
+    await store.write_batch(rows_at(T0, 3), statuses=[StatusChange("st1", "online", T0)], received_at=T0)
+    assert await store.remove_devices(["st1", "nobody", "st1"]) == ["st1"]
+    assert [d.id for d in await store.list_devices()] == ["st2"]
+    assert await store.latest(["st1"]) == [] and await store.device_status(["st1"]) == []
+    assert len(await store.history("st1", "rain_mm", T0, T0 + timedelta(hours=1), bucket="raw")) == 3
+    assert await store.remove_devices([]) == []
