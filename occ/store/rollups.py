@@ -1,7 +1,7 @@
 """Rollup bookkeeping: which hours a batch touched (hot path), and refreshing them (maintenance).
 
 Both storage modes track dirty hours the same way (see 0001_core.sql, `rollup_dirty`): on plain PostgreSQL
-maintenance recomputes them with occ_refresh_hours()/occ_refresh_days(); on TimescaleDB it calls
+maintenance recomputes them with occ_refresh_range()/occ_refresh_days(); on TimescaleDB it calls
 refresh_continuous_aggregate() for them, which also catches backfill older than the refresh policies' windows.
 An hour is refreshed once it is `grace` past its end, so live ingest does not recompute the current hour over
 and over; until then history reads it raw. A day is refreshed once none of its hours is pending.
@@ -114,8 +114,9 @@ async def refresh(
             await _refresh_caggs(conn, "readings_1m", ranges)
             await _refresh_caggs(conn, "readings_1h", ranges)
         async with conn.transaction():
-            if mode == "plain":
-                await conn.execute("SELECT occ_refresh_hours($1::timestamptz[])", hours)
+            if mode == "plain":  # one pass per run of consecutive hours, not one per hour (0006_refresh_ranges)
+                for lo, hi in coalesce([(h, h + HOUR) for h in hours]):
+                    await conn.execute("SELECT occ_refresh_range($1, $2)", lo, hi)
             await conn.execute("DELETE FROM rollup_dirty WHERE id = ANY($1::bigint[])", ids)
             await conn.execute(
                 "INSERT INTO rollup_dirty_days (day) SELECT unnest($1::timestamptz[]) ON CONFLICT DO NOTHING",
