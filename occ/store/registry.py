@@ -17,7 +17,7 @@ REGISTER_UNPROVISIONED = (
 )
 
 
-class Registry(StoreBase):
+class DeviceRegistry(StoreBase):
     """Devices: upsert, list, look up, register the unprovisioned."""
 
     async def upsert_devices(self, devices: Sequence[Device]) -> int:

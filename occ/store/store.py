@@ -28,7 +28,7 @@ from occ.store.migrator import MigrateResult, MigrationError
 from occ.store.migrator import migrate as run_migrations
 from occ.store.queries import HistoryQueries
 from occ.store.records import Mode
-from occ.store.registry import Registry
+from occ.store.registry import DeviceRegistry
 from occ.store.settings import StoreSettings
 from occ.store.users import UserStore
 from occ.store.writes import Writes
@@ -36,7 +36,7 @@ from occ.store.writes import Writes
 log = logging.getLogger(__name__)
 
 
-class Store(Writes, Registry, CurrentState, HistoryQueries, Administration, AlertStoreMethods):
+class Store(Writes, DeviceRegistry, CurrentState, HistoryQueries, Administration, AlertStoreMethods):
     """PostgreSQL/TimescaleDB storage for OCC. Create with `await Store.connect(url)`; one per process."""
 
     def __init__(
