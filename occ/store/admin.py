@@ -69,6 +69,8 @@ class Administration(StoreBase):
                 report.days_refreshed = refreshed.days
                 report.pending_hours = refreshed.pending_hours
                 report.pending_days = refreshed.pending_days
+                report.lag_s = refreshed.lag_s
+                report.series_classified = refreshed.classified
             finally:
                 if not conn.is_closed():
                     await conn.execute("SELECT pg_advisory_unlock($1)", maintenance.MAINTENANCE_LOCK_KEY)
@@ -95,13 +97,11 @@ class Administration(StoreBase):
             info["tables"] = await self._table_sizes(conn)
             info["newest_reading"] = await conn.fetchval("SELECT max(ts) FROM latest")
             info["oldest_reading"] = await self._oldest_reading(conn)
-            info["pending_rollup_hours"] = await conn.fetchval(
-                "SELECT count(DISTINCT bucket) FROM rollup_dirty"
-            )
+            info["pending_rollup_hours"] = await conn.fetchval("SELECT count(DISTINCT bucket) FROM rollup_dirty")
             info["pending_rollup_days"] = await conn.fetchval("SELECT count(*) FROM rollup_dirty_days")
             if self._mode == "plain":
                 info["partitions"] = await conn.fetchval("SELECT count(*) FROM readings_partitions")
-                info["default_partition_rows"] = await conn.fetchval("SELECT count(*) FROM readings_default")
+                info["default_partition_rows"] = await conn.fetchval("SELECT count(*) FROM series_readings_default")
         return info
 
     async def _table_sizes(self, conn: asyncpg.Connection) -> dict[str, dict[str, int]]:
@@ -119,13 +119,20 @@ class Administration(StoreBase):
             if row:
                 sizes[name] = {"bytes": row["bytes"], "rows_estimate": row["rows"]}
         if self._mode == "plain":
-            for name in ("readings", "readings_1m", "readings_1h", "readings_1d"):
+            # Reported under the names the views keep (readings is series_readings with its partitions).
+            for name, table in (
+                ("readings", "series_readings"),
+                ("readings_1m", "series_1m"),
+                ("readings_1h", "series_1h"),
+                ("readings_1d", "series_1d"),
+                ("series", "series"),
+            ):
                 row = await conn.fetchrow(
                     "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint AS bytes, "
                     "coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint AS rows FROM pg_class c "
                     "WHERE c.oid = to_regclass($1) OR c.oid IN "
                     "(SELECT inhrelid FROM pg_inherits WHERE inhparent = to_regclass($1))",
-                    name,
+                    table,
                 )
                 sizes[name] = {"bytes": row["bytes"], "rows_estimate": row["rows"]}
         else:
@@ -157,7 +164,7 @@ class Administration(StoreBase):
             oldest: datetime | None = await conn.fetchval("SELECT min(ts) FROM readings")
             return oldest
         # Plain: min(ts) of the default partition and of the oldest non-empty range partition (one scan).
-        candidates = [await conn.fetchval("SELECT min(ts) FROM readings_default")]
+        candidates = [await conn.fetchval("SELECT min(ts) FROM series_readings_default")]
         for row in await conn.fetch("SELECT name FROM readings_partitions ORDER BY lo"):
             name = row["name"]
             value = await conn.fetchval(f'SELECT min(ts) FROM "{name}"')

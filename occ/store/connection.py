@@ -135,6 +135,8 @@ STAGING_TABLES = (
     "metric text, ts timestamptz, value double precision, quality smallint) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS occ_latest_staging (device_id text, metric text, ts timestamptz, "
     "value double precision, quality smallint) ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS occ_series_staging (seq bigint GENERATED ALWAYS AS IDENTITY, "
+    "ts timestamptz, value double precision, series_id integer, quality smallint) ON COMMIT DELETE ROWS",
 )
 
 

@@ -130,6 +130,6 @@ async def maintain_partitions(
         except asyncpg.LockNotAvailableError as exc:
             log.warning("maintenance: %s postponed: %s", label, exc)
             errors.append(f"{label}: {exc}")
-    status = await conn.execute("DELETE FROM readings_1m WHERE bucket < $1", cutoff)
+    status = await conn.execute("DELETE FROM series_1m WHERE bucket < $1", cutoff)
     result.rollup_rows_deleted = int(status.split()[-1])
     return result

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import asyncpg
+
 from occ.store import history as hist
 from occ.store.base import StoreBase, require_aware
 from occ.store.records import DeadLetterRecord, HistoryPoint, StoredEvent
@@ -90,9 +92,13 @@ class HistoryQueries(StoreBase):
             raise ValueError(f"fill must be one of None, 'null', 'previous', 'linear', 'zero'; got {fill!r}")
         zone = hist.zone(tz or self.timezone)
         spec = hist.bucket_spec(bucket, tz=zone, day_start_hour=day_start_hour)
+        layout = hist.PLAIN if self._mode == "plain" else hist.TIMESCALE
         if spec is None:
-            sql, args = hist.raw_query(device_ids, metric, start, end, limit)
             async with self._connection() as conn:
+                series = await self._series(conn, device_ids, metric, None)
+                if not series.ids:
+                    return {}
+                sql, args = hist.raw_query(layout, series, start, end, limit)
                 rows = await conn.fetch(sql, *args)
             raw: dict[str, list[HistoryPoint]] = {}
             for row in rows:
@@ -102,6 +108,9 @@ class HistoryQueries(StoreBase):
         buckets = hist.enumerate_buckets(spec, start, end) if fill is not None else None
         level = hist.choose_level(spec, rollup_tz=self.rollup_timezone, start=start, end=end)
         async with self._connection() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            series = await self._series(conn, device_ids, metric, level)
+            if not series.rolled:
+                level = None
             dirty_hours: list[datetime] = []
             dirty_days: list[datetime] = []
             if level is not None:
@@ -125,18 +134,15 @@ class HistoryQueries(StoreBase):
             plan = hist.plan_ranges(
                 start, end, level, rollup_tz=self._rollup_tz, dirty_hours=dirty_hours, dirty_days=dirty_days
             )
-            sql, args = hist.aggregate_query(
-                spec, plan, device_ids=device_ids, metric=metric, agg=agg, by_device=by_device
-            )
-            rows = await conn.fetch(sql, *args)
+            sql, args = hist.aggregate_query(spec, plan, layout=layout, series=series, agg=agg, by_device=by_device)
+            rows = await conn.fetch(sql, *args) if series.ids else []
         grouped: dict[str, dict[datetime, float | None]] = {}
         for row in rows:
             key = row["device_id"] if by_device else ""
             grouped.setdefault(key, {})[row["b"]] = row["v"]
         if buckets is None:
             result = {
-                key: [HistoryPoint(b.astimezone(zone), v) for b, v in values.items()]
-                for key, values in grouped.items()
+                key: [HistoryPoint(b.astimezone(zone), v) for b, v in values.items()] for key, values in grouped.items()
             }
         else:
             keys = device_ids if by_device else [""]
@@ -144,6 +150,21 @@ class HistoryQueries(StoreBase):
         if limit is not None:
             result = {key: points[:limit] for key, points in result.items()}
         return result
+
+    async def _series(
+        self, conn: asyncpg.Connection, device_ids: list[str], metric: str, level: hist.Level | None
+    ) -> hist.Series:
+        """The stored series of `device_ids` for `metric`, and which of them keep `level`'s rollups."""
+        if self._mode != "plain":
+            return hist.Series(list(device_ids), list(device_ids), list(device_ids) if level else [], metric)
+        rows = await conn.fetch(
+            "SELECT id, device_id, level FROM series WHERE device_id = ANY($1::text[]) AND metric = $2 "
+            "ORDER BY device_id",
+            device_ids,
+            metric,
+        )
+        rolled = [r["id"] for r in rows if level is not None and r["level"] is not None and r["level"] <= level.rank]
+        return hist.Series([r["device_id"] for r in rows], [r["id"] for r in rows], rolled, metric)
 
     async def events(
         self,

@@ -87,6 +87,11 @@ class MaintenanceReport:
     pending_days: int = 0
     """Days waiting for their hours (today, until it ends), or for the next run."""
     elapsed_s: float = 0.0
+    lag_s: float = 0.0
+    """Rollup lag: how long the oldest pending hour has been due (its end plus the grace); 0 when maintenance
+    keeps up. Ingest's rate is sustainable while this stays near 0."""
+    series_classified: int = 0
+    """Plain path: series whose rollup level was decided in this run."""
     errors: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:

@@ -54,20 +54,18 @@ class RefreshResult:
     pending_hours: int = 0
     pending_days: int = 0
     dropped: int = 0
+    lag_s: float = 0.0
+    classified: int = 0
 
 
 def _ts_literal(t: datetime) -> str:
     return "'" + t.astimezone(UTC).isoformat() + "'::timestamptz"
 
 
-async def _refresh_caggs(
-    conn: asyncpg.Connection, view: str, ranges: Sequence[tuple[datetime, datetime]]
-) -> None:
+async def _refresh_caggs(conn: asyncpg.Connection, view: str, ranges: Sequence[tuple[datetime, datetime]]) -> None:
     # CALL cannot run inside a transaction block; this connection is in autocommit here.
     for lo, hi in ranges:
-        await conn.execute(
-            f"CALL refresh_continuous_aggregate('{view}', {_ts_literal(lo)}, {_ts_literal(hi)})"
-        )
+        await conn.execute(f"CALL refresh_continuous_aggregate('{view}', {_ts_literal(lo)}, {_ts_literal(hi)})")
 
 
 async def refresh(
@@ -94,6 +92,9 @@ async def refresh(
         result.dropped += int(status.split()[-1])
         status = await conn.execute("DELETE FROM rollup_dirty_days WHERE day < $1", retention_cutoff)
         result.dropped += int(status.split()[-1])
+    if mode == "plain":
+        # Series that have just reached two readings get their rollup level (and their hours marked dirty).
+        result.classified = await conn.fetchval("SELECT occ_classify_series()")
     ready_before = now - grace - HOUR
     first = True
     while first or time.monotonic() < deadline:
@@ -145,6 +146,9 @@ async def refresh(
                 await conn.execute("SELECT occ_refresh_days($1::timestamptz[], $2)", days, rollup_tz.key)
             await conn.execute("DELETE FROM rollup_dirty_days WHERE day = ANY($1::timestamptz[])", days)
         result.days += len(days)
-    result.pending_hours = await conn.fetchval("SELECT count(DISTINCT bucket) FROM rollup_dirty")
+    row = await conn.fetchrow("SELECT count(DISTINCT bucket) AS n, min(bucket) AS oldest FROM rollup_dirty")
+    result.pending_hours = row["n"]
+    if row["oldest"] is not None:
+        result.lag_s = max(0.0, (now - (row["oldest"] + HOUR + grace)).total_seconds())
     result.pending_days = await conn.fetchval("SELECT count(*) FROM rollup_dirty_days")
     return result

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
@@ -42,6 +43,22 @@ _UPSERT_LATEST = (
     "ON CONFLICT (device_id, metric) DO UPDATE SET ts = excluded.ts, value = excluded.value, "
     "quality = excluded.quality, received_at = excluded.received_at WHERE excluded.ts > l.ts"
 )
+# Plain path (migration 0030): readings are stored under integer series ids.
+SERIES_READING_COLUMNS = ("ts", "value", "series_id", "quality")
+_INSERT_SERIES_FROM_STAGING = (
+    "INSERT INTO series_readings (ts, value, series_id, quality) "
+    "SELECT ts, value, series_id, quality FROM occ_series_staging ORDER BY series_id, ts, seq "
+    "ON CONFLICT (series_id, ts) DO NOTHING"
+)
+# New series are registered in their own statement before the batch's transaction (a series row is harmless
+# if the batch then fails), in key order so that concurrent registrations wait instead of deadlocking.
+_REGISTER_SERIES = (
+    "WITH k AS (SELECT * FROM unnest($1::text[], $2::text[]) AS u(device_id, metric)), "
+    "ins AS (INSERT INTO series (device_id, metric) SELECT device_id, metric FROM k ORDER BY device_id, metric "
+    "ON CONFLICT (device_id, metric) DO NOTHING RETURNING id, device_id, metric) "
+    "SELECT id, device_id, metric FROM ins UNION ALL "
+    "SELECT s.id, s.device_id, s.metric FROM series AS s JOIN k USING (device_id, metric)"
+)
 _INSERT_DIRTY = "INSERT INTO rollup_dirty (bucket) SELECT unnest($1::timestamptz[])"
 _INSERT_EVENTS = (
     "INSERT INTO events (device_id, ts, type, data, received_at) "
@@ -49,6 +66,9 @@ _INSERT_EVENTS = (
     "FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::jsonb[]) AS u(d, t, y, j) "
     "ORDER BY d, t, y ON CONFLICT (device_id, ts, type) DO NOTHING"
 )
+
+
+_series_key = operator.itemgetter(2, 0)
 
 
 def _latest_rows(rows: Sequence[ReadingRow]) -> list[ReadingRow]:
@@ -104,26 +124,33 @@ class Writes(StoreBase):
             for letter in dead_letters
         ]
         conflicts = lost = 0
+        plain = self._mode == "plain"
         while True:
             try:
-                async with self._connection() as conn, conn.transaction():
-                    inserted = await self._insert_readings(conn, rows)
-                    if latest:
-                        await conn.copy_records_to_table(
-                            "occ_latest_staging", records=latest, columns=READING_COLUMNS
-                        )
-                        await conn.execute(_UPSERT_LATEST, received_at)
-                    if hours:
-                        await conn.execute(_INSERT_DIRTY, hours)
-                    events_inserted = await self._insert_events(conn, event_list, received_at)
-                    changes = await self._apply_statuses(conn, status_list, received_at)
-                    if letters:
-                        await conn.copy_records_to_table(
-                            "dead_letters", records=letters, columns=DEAD_LETTER_COLUMNS
-                        )
-                    if unprovisioned:
-                        ids = sorted(unprovisioned)
-                        await conn.execute(REGISTER_UNPROVISIONED, ids, [unprovisioned[i] for i in ids])
+                async with self._connection() as conn:
+                    if plain:
+                        records = await self._series_records(conn, rows)
+                    async with conn.transaction():
+                        if plain:
+                            inserted = await self._insert_series_readings(conn, records)
+                        else:
+                            inserted = await self._insert_readings(conn, rows)
+                        if latest:
+                            await conn.copy_records_to_table(
+                                "occ_latest_staging", records=latest, columns=READING_COLUMNS
+                            )
+                            await conn.execute(_UPSERT_LATEST, received_at)
+                        if hours:
+                            await conn.execute(_INSERT_DIRTY, hours)
+                        events_inserted = await self._insert_events(conn, event_list, received_at)
+                        changes = await self._apply_statuses(conn, status_list, received_at)
+                        if letters:
+                            await conn.copy_records_to_table(
+                                "dead_letters", records=letters, columns=DEAD_LETTER_COLUMNS
+                            )
+                        if unprovisioned:
+                            ids = sorted(unprovisioned)
+                            await conn.execute(REGISTER_UNPROVISIONED, ids, [unprovisioned[i] for i in ids])
                 return WriteResult(
                     inserted=inserted,
                     duplicates=len(rows) - inserted,
@@ -146,6 +173,41 @@ class Writes(StoreBase):
                 if lost > self._pool.get_max_size():
                     raise
                 self.write_retries += 1
+
+    async def _series_records(self, conn: asyncpg.Connection, rows: list[ReadingRow]) -> list[tuple]:
+        """The batch as (ts, value, series_id, quality) records, registering series seen for the first time."""
+        ids = self._series_ids
+        try:
+            return [(r[2], r[3], ids[r[0], r[1]], r[4]) for r in rows]
+        except KeyError:
+            pass
+        missing = sorted({(r[0], r[1]) for r in rows} - ids.keys())
+        # A series another writer registers concurrently is committed but invisible to this statement's
+        # snapshot (ON CONFLICT waited for it): the second round finds it.
+        for _ in range(3):
+            found = await conn.fetch(_REGISTER_SERIES, [k[0] for k in missing], [k[1] for k in missing])
+            for row in found:
+                ids[row["device_id"], row["metric"]] = row["id"]
+            missing = [k for k in missing if k not in ids]
+            if not missing:
+                break
+        return [(r[2], r[3], ids[r[0], r[1]], r[4]) for r in rows]
+
+    @staticmethod
+    async def _insert_series_readings(conn: asyncpg.Connection, records: list[tuple]) -> int:
+        if not records:
+            return 0
+        # As _insert_readings: COPY in key order (series_id, ts) inside a savepoint, staging on a duplicate.
+        try:
+            async with conn.transaction():
+                await conn.copy_records_to_table(
+                    "series_readings", records=sorted(records, key=_series_key), columns=SERIES_READING_COLUMNS
+                )
+            return len(records)
+        except asyncpg.UniqueViolationError:
+            pass
+        await conn.copy_records_to_table("occ_series_staging", records=records, columns=SERIES_READING_COLUMNS)
+        return rowcount(await conn.execute(_INSERT_SERIES_FROM_STAGING))
 
     @staticmethod
     async def _insert_readings(conn: asyncpg.Connection, rows: list[ReadingRow]) -> int:
@@ -179,9 +241,7 @@ class Writes(StoreBase):
         return rowcount(status)
 
     @staticmethod
-    async def _apply_statuses(
-        conn: asyncpg.Connection, statuses: list[StatusChange], received_at: datetime
-    ) -> int:
+    async def _apply_statuses(conn: asyncpg.Connection, statuses: list[StatusChange], received_at: datetime) -> int:
         if not statuses:
             return 0
         changed: int = await conn.fetchval(

@@ -20,6 +20,7 @@ from occ.store import HistoryPoint, Store
 VN = ZoneInfo("Asia/Ho_Chi_Minh")
 T0 = datetime(2026, 10, 5, 0, 0, tzinfo=UTC)  # a Monday; well before any "now" used below
 MAINTAIN_AT = T0 + timedelta(days=30)
+HOUR_ = timedelta(hours=1)
 
 
 def series(device: str, start: datetime, hours: int, *, step_min: int = 5, gap: tuple[int, int] | None = None):
@@ -155,9 +156,7 @@ async def test_hydrological_day_in_vietnam_time(store: Store) -> None:
         assert hydro[0].bucket.utcoffset() == timedelta(hours=7)
         calendar = await store.history("st1", "rain_mm", start, end, bucket="day", agg="sum")
         assert calendar == [HistoryPoint(local(2026, 10, 20), 15.0), HistoryPoint(local(2026, 10, 21), 112.0)]
-        fixed = await store.history(
-            "st1", "rain_mm", start, end, bucket=timedelta(days=1), agg="sum", day_start_hour=7
-        )
+        fixed = await store.history("st1", "rain_mm", start, end, bucket=timedelta(days=1), agg="sum", day_start_hour=7)
         assert fixed == hydro
         utc_days = await store.history("st1", "rain_mm", start, end, bucket="day", agg="sum", tz="UTC")
         assert [p.value for p in utc_days] == [3.0, 60.0, 64.0]  # UTC midnight is 07:00 in Vietnam
@@ -240,13 +239,14 @@ async def snapshot(store: Store, start: datetime, end: datetime) -> dict:
 
 
 async def assert_rollups_match_raw(url: str) -> None:
-    """Every rollup row equals the aggregate of the raw readings it covers."""
+    """Every rollup row equals the aggregate of the raw readings it covers, and there is one exactly for the
+    series whose report interval asks for that level (series.level: 10+ readings per bucket)."""
     conn = await asyncpg.connect(url)
     try:
-        for table, bucket in (
-            ("readings_1m", "date_trunc('minute', ts, 'UTC')"),
-            ("readings_1h", "date_trunc('hour', ts, 'UTC')"),
-            ("readings_1d", "date_trunc('day', ts, 'Asia/Ho_Chi_Minh')"),
+        for table, bucket, rank in (
+            ("readings_1m", "date_trunc('minute', ts, 'UTC')", 0),
+            ("readings_1h", "date_trunc('hour', ts, 'UTC')", 1),
+            ("readings_1d", "date_trunc('day', ts, 'Asia/Ho_Chi_Minh')", 2),
         ):
             diff = await conn.fetch(
                 f"""
@@ -256,7 +256,8 @@ async def assert_rollups_match_raw(url: str) -> None:
                            (array_agg(value ORDER BY ts))[1] AS first_v,
                            (array_agg(value ORDER BY ts DESC))[1] AS last_v,
                            min(ts) AS first_ts, max(ts) AS last_ts
-                    FROM readings GROUP BY 1, 2, 3)
+                    FROM readings JOIN series AS s USING (device_id, metric) WHERE s.level <= {rank}
+                    GROUP BY 1, 2, 3)
                 SELECT * FROM raw FULL JOIN {table} r USING (device_id, metric, bucket)
                 WHERE raw.cnt IS DISTINCT FROM r.cnt OR abs(raw.sum_v - r.sum_v) > 1e-9
                    OR raw.min_v IS DISTINCT FROM r.min_v OR raw.max_v IS DISTINCT FROM r.max_v
@@ -285,6 +286,43 @@ async def test_rollups_give_the_same_answers_as_raw(loaded: tuple[Store, list], 
             raise AssertionError(f"{key}: {exc}") from None
 
 
+async def test_rollup_levels_follow_each_series_report_interval(store: Store, database_url: str) -> None:
+    """A series keeps only the rollups whose buckets hold 10+ of its readings (issue 12): a 5-second series
+    every level, a 10-minute one daily only, a 3-hourly one none. Queries mixing them give the raw answer."""
+    fast = [("fast", "rain_mm", T0 + timedelta(seconds=5 * i), float(i % 17), 0) for i in range(2 * 720)]
+    slow = series("slow", T0, 48, step_min=10)
+    rare = [("rare", "rain_mm", T0 + timedelta(hours=3 * i), float(i), 0) for i in range(16)]
+    rows = fast + slow + rare
+    await store.write_batch(rows, received_at=T0)
+    report = await store.maintain(now=MAINTAIN_AT)
+    assert report.series_classified == 3 and report.pending_hours == 0 and report.lag_s == 0
+    conn = await asyncpg.connect(database_url)
+    try:
+        levels = dict(await conn.fetch("SELECT device_id, level FROM series"))
+        assert levels == {"fast": 0, "slow": 2, "rare": 3}
+        for table, devices in (("readings_1m", {"fast"}), ("readings_1h", {"fast"}),
+                               ("readings_1d", {"fast", "slow"})):  # fmt: skip
+            stored = {r["device_id"] for r in await conn.fetch(f"SELECT DISTINCT device_id FROM {table}")}
+            assert stored == devices, table
+    finally:
+        await conn.close()
+    await assert_rollups_match_raw(database_url)
+    start, end = T0 - timedelta(minutes=3), T0 + timedelta(days=2, minutes=7)
+    names = ["fast", "slow", "rare"]
+    for bucket, floor in ((timedelta(minutes=1), utc_floor(timedelta(minutes=1))),
+                          (timedelta(hours=1), utc_floor(HOUR_))):  # fmt: skip
+        for agg in ("avg", "count", "first", "last"):
+            got = await store.history(names, "rain_mm", start, end, bucket=bucket, agg=agg)
+            assert_same(as_dict(got), reference(rows, floor, agg, start, end))
+    for device in names:
+        got = await store.history(device, "rain_mm", start, end, bucket="day", agg="sum", tz=VN)
+        mine = [r for r in rows if r[0] == device]
+        days = reference(
+            mine, lambda t: datetime.combine(t.astimezone(VN).date(), datetime.min.time(), VN), "sum", start, end
+        )
+        assert_same(as_dict(got), days)
+
+
 async def test_rollups_are_used_when_clean_and_raw_when_dirty(loaded: tuple[Store, list], database_url: str) -> None:
     store, _ = loaded
     await store.maintain(now=MAINTAIN_AT)
@@ -294,7 +332,9 @@ async def test_rollups_are_used_when_clean_and_raw_when_dirty(loaded: tuple[Stor
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute(
-            "UPDATE readings_1h SET sum_v = 999 WHERE device_id = 'st1' AND bucket = $1", hour
+            "UPDATE series_1h SET sum_v = 999 WHERE bucket = $1 AND series_id = "
+            "(SELECT id FROM series WHERE device_id = 'st1' AND metric = 'rain_mm')",
+            hour,
         )
     finally:
         await conn.close()
@@ -350,10 +390,10 @@ async def test_partitions_are_created_ahead(store: Store, database_url: str) -> 
                 "SELECT count(*) FROM readings_partitions WHERE lo <= $1 AND hi > $1", now + timedelta(days=days)
             )
             assert covered == 1, days
-        attached = await conn.fetchval("SELECT count(*) FROM pg_inherits WHERE inhparent = 'readings'::regclass")
+        attached = await conn.fetchval("SELECT count(*) FROM pg_inherits WHERE inhparent = 'series_readings'::regclass")
         assert attached == await conn.fetchval("SELECT count(*) FROM readings_partitions") + 1  # + default
         await store.write_batch([("st1", "rain_mm", now, 1.0, 0)], received_at=now)
-        assert await conn.fetchval("SELECT count(*) FROM readings_default") == 0
+        assert await conn.fetchval("SELECT count(*) FROM series_readings_default") == 0
         # Later maintenance keeps the window moving.
         report = await store.maintain(now=now + timedelta(days=14))
         assert report.partitions_created == 2
@@ -369,15 +409,15 @@ async def test_far_backfill_lands_in_the_default_partition_then_moves(store: Sto
     assert result.inserted == 2
     conn = await asyncpg.connect(database_url)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM readings_default") == 1
+        assert await conn.fetchval("SELECT count(*) FROM series_readings_default") == 1
         assert (await store.status())["default_partition_rows"] == 1
         # Idempotency holds for rows in the default partition too.
         again = await store.write_batch([("st1", "rain_mm", old, 5.0, 0)], received_at=now)
         assert (again.inserted, again.duplicates) == (0, 1)
         report = await store.maintain(now=now)
         assert report.default_rows_relocated == 1
-        assert await conn.fetchval("SELECT count(*) FROM readings_default") == 0
-        home = await conn.fetchval("SELECT tableoid::regclass::text FROM readings WHERE ts = $1", old)
+        assert await conn.fetchval("SELECT count(*) FROM series_readings_default") == 0
+        home = await conn.fetchval("SELECT tableoid::regclass::text FROM series_readings WHERE ts = $1", old)
         lo, hi = await conn.fetchrow("SELECT lo, hi FROM readings_partitions WHERE name = $1", home)
         assert lo <= old < hi
         again = await store.write_batch([("st1", "rain_mm", old, 5.0, 0)], received_at=now)
