@@ -429,23 +429,23 @@ def aggregate_query(
 
 
 def raw_query(
-    layout: Layout, series: Series, start: datetime, end: datetime, limit: int | None
+    layout: Layout, device_ids: Sequence[str], metric: str, start: datetime, end: datetime, limit: int | None
 ) -> tuple[str, list[object]]:
     if layout.series_ids:
         sql = (
-            "SELECT d.device_id, r.ts AS b, r.value AS v FROM series_readings AS r "
-            "JOIN unnest($1::integer[], $2::text[]) AS d(sid, device_id) ON d.sid = r.series_id "
-            "WHERE r.series_id = ANY($1::integer[]) AND r.ts >= $3 AND r.ts < $4 ORDER BY r.ts, d.device_id"
+            "SELECT s.device_id, r.ts AS b, r.value AS v FROM series AS s "
+            "JOIN series_readings AS r ON r.series_id = s.id "
+            "WHERE s.device_id = ANY($1::text[]) AND s.metric = $2 AND r.ts >= $3 AND r.ts < $4 "
+            "ORDER BY r.ts, s.device_id"
         )
-        args: list[object] = [list(series.ids), list(series.devices), start, end]
     else:
         sql = (
             "SELECT device_id, ts AS b, value AS v FROM readings "
             "WHERE device_id = ANY($1::text[]) AND metric = $2 AND ts >= $3 AND ts < $4 ORDER BY ts, device_id"
         )
-        args = [list(series.devices), series.metric, start, end]
+    args: list[object] = [list(device_ids), metric, start, end]
     if limit is not None:
-        sql += f" LIMIT ${len(args) + 1}"
+        sql += " LIMIT $5"
         args.append(limit)
     return sql, args
 

@@ -7,11 +7,21 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-import asyncpg
-
 from occ.store import history as hist
 from occ.store.base import StoreBase, require_aware
 from occ.store.records import DeadLetterRecord, HistoryPoint, StoredEvent
+
+_DIRTY = (
+    "ARRAY(SELECT DISTINCT bucket FROM rollup_dirty WHERE bucket > $1 AND bucket < $2 ORDER BY 1) AS hours, "
+    "ARRAY(SELECT day FROM rollup_dirty_days WHERE day > $3 AND day < $2 ORDER BY 1) AS days"
+)
+_PLAN_STATE_PLAIN = (
+    f"SELECT {_DIRTY}, coalesce(s.ids, '{{}}') AS ids, coalesce(s.devices, '{{}}') AS devices, "
+    "coalesce(s.levels, '{}') AS levels FROM (SELECT array_agg(id ORDER BY device_id) AS ids, "
+    "array_agg(device_id ORDER BY device_id) AS devices, array_agg(level ORDER BY device_id) AS levels "
+    "FROM series WHERE device_id = ANY($4::text[]) AND metric = $5) AS s"
+)
+_PLAN_STATE_TIMESCALE = f"SELECT {_DIRTY}, $4::text[] AS ids, $5::text AS metric"
 
 
 class HistoryQueries(StoreBase):
@@ -94,11 +104,8 @@ class HistoryQueries(StoreBase):
         spec = hist.bucket_spec(bucket, tz=zone, day_start_hour=day_start_hour)
         layout = hist.PLAIN if self._mode == "plain" else hist.TIMESCALE
         if spec is None:
+            sql, args = hist.raw_query(layout, device_ids, metric, start, end, limit)
             async with self._connection() as conn:
-                series = await self._series(conn, device_ids, metric, None)
-                if not series.ids:
-                    return {}
-                sql, args = hist.raw_query(layout, series, start, end, limit)
                 rows = await conn.fetch(sql, *args)
             raw: dict[str, list[HistoryPoint]] = {}
             for row in rows:
@@ -107,32 +114,39 @@ class HistoryQueries(StoreBase):
             return raw
         buckets = hist.enumerate_buckets(spec, start, end) if fill is not None else None
         level = hist.choose_level(spec, rollup_tz=self.rollup_timezone, start=start, end=end)
-        async with self._connection() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            series = await self._series(conn, device_ids, metric, level)
+        # Two round trips and no explicit transaction: what is pending and which series keep which level are
+        # read in ONE statement (one snapshot), then the answer. An hour refreshed in between is read raw
+        # (still exact); a late reading committed in between is simply not in this answer yet.
+        async with self._connection() as conn:
+            state = await conn.fetchrow(
+                _PLAN_STATE_PLAIN if self._mode == "plain" else _PLAN_STATE_TIMESCALE,
+                start - hist.HOUR,
+                end,
+                start - timedelta(days=2),
+                device_ids,
+                metric,
+            )
+            if self._mode == "plain":
+                rank = level.rank if level is not None else -1
+                levels = state["levels"]
+                ids = state["ids"]
+                series = hist.Series(
+                    list(state["devices"]),
+                    list(ids),
+                    [i for i, lv in zip(ids, levels, strict=True) if lv is not None and lv <= rank],
+                    metric,
+                )
+            else:
+                series = hist.Series(device_ids, device_ids, device_ids if level else [], metric)
             if not series.rolled:
                 level = None
-            dirty_hours: list[datetime] = []
-            dirty_days: list[datetime] = []
-            if level is not None:
-                dirty_hours = [
-                    r["bucket"]
-                    for r in await conn.fetch(
-                        "SELECT DISTINCT bucket FROM rollup_dirty WHERE bucket > $1 AND bucket < $2",
-                        start - hist.HOUR,
-                        end,
-                    )
-                ]
-                if level.step is None:
-                    dirty_days = [
-                        r["day"]
-                        for r in await conn.fetch(
-                            "SELECT day FROM rollup_dirty_days WHERE day > $1 AND day < $2",
-                            start - timedelta(days=2),
-                            end,
-                        )
-                    ]
             plan = hist.plan_ranges(
-                start, end, level, rollup_tz=self._rollup_tz, dirty_hours=dirty_hours, dirty_days=dirty_days
+                start,
+                end,
+                level,
+                rollup_tz=self._rollup_tz,
+                dirty_hours=state["hours"] if level is not None else [],
+                dirty_days=state["days"] if level is not None and level.step is None else [],
             )
             sql, args = hist.aggregate_query(spec, plan, layout=layout, series=series, agg=agg, by_device=by_device)
             rows = await conn.fetch(sql, *args) if series.ids else []
@@ -150,21 +164,6 @@ class HistoryQueries(StoreBase):
         if limit is not None:
             result = {key: points[:limit] for key, points in result.items()}
         return result
-
-    async def _series(
-        self, conn: asyncpg.Connection, device_ids: list[str], metric: str, level: hist.Level | None
-    ) -> hist.Series:
-        """The stored series of `device_ids` for `metric`, and which of them keep `level`'s rollups."""
-        if self._mode != "plain":
-            return hist.Series(list(device_ids), list(device_ids), list(device_ids) if level else [], metric)
-        rows = await conn.fetch(
-            "SELECT id, device_id, level FROM series WHERE device_id = ANY($1::text[]) AND metric = $2 "
-            "ORDER BY device_id",
-            device_ids,
-            metric,
-        )
-        rolled = [r["id"] for r in rows if level is not None and r["level"] is not None and r["level"] <= level.rank]
-        return hist.Series([r["device_id"] for r in rows], [r["id"] for r in rows], rolled, metric)
 
     async def events(
         self,
