@@ -34,7 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -336,31 +336,33 @@ class Meter:
         return result
 
 
-async def median_ms(call: Callable[[int], Awaitable[int]], runs: int = QUERY_RUNS) -> float:
-    await call(0)  # warm the statement cache
-    times = []
-    for i in range(runs):
-        t = time.perf_counter()
-        await call(i + 1)
-        times.append((time.perf_counter() - t) * 1000)
-    return round(statistics.median(times), 2)
-
-
-async def query_latencies(target: Target, fleet: Fleet) -> dict[str, float]:
+async def query_latencies(targets: Sequence[Target], fleet: Fleet) -> list[dict[str, float]]:
+    """Median latency of each query on each target. The targets take turns run by run, so that the load other
+    processes put on the machine at that moment weighs on all of them alike."""
     end = fleet.end
-    queries = {
+    queries: dict[str, tuple[str, timedelta]] = {
+        "q_latest_ms": ("latest", timedelta(0)),
         "q_24h_ms": ("raw", timedelta(hours=24)),
         "q_7d_hourly_ms": ("hourly", timedelta(days=7)),
         "q_30d_daily_ms": ("daily", timedelta(days=30)),
     }
-    out = {"q_latest_ms": await median_ms(lambda i: target.q_latest(fleet), runs=7)}
+    out: list[dict[str, float]] = [{} for _ in targets]
     for key, (kind, span) in queries.items():
-
-        async def one(i: int, kind: str = kind, span: timedelta = span) -> int:
+        runs = 7 if kind == "latest" else QUERY_RUNS
+        times: list[list[float]] = [[] for _ in targets]
+        for i in range(runs + 1):
             device = fleet.device((i * 37) % fleet.devices)
-            return await target.q_history(device, METRICS[i % len(METRICS)], end - span, end, kind)
-
-        out[key] = await median_ms(one)
+            metric = METRICS[i % len(METRICS)]
+            for j, target in enumerate(targets):
+                t = time.perf_counter()
+                if kind == "latest":
+                    await target.q_latest(fleet)
+                else:
+                    await target.q_history(device, metric, end - span, end, kind)
+                if i:  # the first run warms statement caches
+                    times[j].append((time.perf_counter() - t) * 1000)
+        for j in range(len(targets)):
+            out[j][key] = round(statistics.median(times[j]), 2)
     return out
 
 
@@ -393,7 +395,7 @@ async def write_until(run: Run, fleet: Fleet, size: int, step: int, batch: int, 
     return step
 
 
-async def measure_stage(run: Run, fleet: Fleet) -> dict[str, Any]:
+async def measure_stage(run: Run) -> dict[str, Any]:
     sizes = await run.target.sizes()
     total = sum(sizes.values())
     stage = {
@@ -402,7 +404,6 @@ async def measure_stage(run: Run, fleet: Fleet) -> dict[str, Any]:
         "bytes_by_relation": {k: round(v / run.written, 1) for k, v in sorted(sizes.items(), key=lambda x: -x[1])},
         "total_mb": round(total / 2**20, 1),
     }
-    stage.update(await query_latencies(run.target, fleet))
     return stage
 
 
@@ -447,9 +448,12 @@ async def bench_pair(
                     "maintain_cpu_share_of_write": round(m_cpu / write_cpu, 3) if write_cpu else None,
                     "rollup_lag_max_s": run.meter.max_lag_s,
                 }
-                stage.update(await measure_stage(run, fleet))
+                stage.update(await measure_stage(run))
                 results[run.target.name].append(stage)
-                log(f"{run.target.name} @ {run.written:,}: " + json.dumps(stage))
+            latencies = await query_latencies([r.target for r in runs], fleet)
+            for run, lat in zip(runs, latencies, strict=True):
+                results[run.target.name][-1].update(lat)
+                log(f"{run.target.name} @ {run.written:,}: " + json.dumps(results[run.target.name][-1]))
         # Backfill slice into the oldest data: one day for 5 % of the stations, half an interval after theirs.
         backfill_devices = list(range(0, fleet.devices, 20))
         day_steps = int(timedelta(days=1) / fleet.interval)
@@ -511,7 +515,7 @@ async def compress_and_measure(run: Run, fleet: Fleet) -> dict[str, Any]:
     }
     sizes = await run.target.sizes()
     out["bytes_per_reading"] = round(sum(sizes.values()) / run.written, 1)
-    out.update(await query_latencies(run.target, fleet))
+    out.update((await query_latencies([run.target], fleet))[0])
     log("after compression: " + json.dumps(out))
     return out
 

@@ -365,6 +365,22 @@ async def test_recent_hours_wait_for_their_grace_period(store: Store) -> None:
     assert later.hours_refreshed >= 1 and later.pending_hours == 0
 
 
+async def test_a_day_is_rolled_up_once_it_is_over(store: Store) -> None:
+    """Recomputing the current day at every maintenance would read its readings over and over (issue 12): a
+    local day is rolled up once, after it ends (plus the grace); until then history reads it raw."""
+    await store.write_batch([("st1", "rain_mm", T0 + timedelta(hours=10, minutes=m), 1.0, 0) for m in (0, 30)],
+                            received_at=T0)  # fmt: skip
+    day_end = datetime(2026, 10, 6, tzinfo=VN)  # the reading is at 17:00 on 5 October, Vietnam time
+    report = await store.maintain(now=T0 + timedelta(hours=12))
+    assert (report.hours_refreshed, report.days_refreshed) == (1, 0)
+    day = await store.history("st1", "rain_mm", T0, T0 + timedelta(days=1), bucket="day", agg="sum", tz=VN)
+    assert [p.value for p in day] == [2.0]
+    report = await store.maintain(now=day_end + timedelta(minutes=1))
+    assert report.days_refreshed == 0
+    report = await store.maintain(now=day_end + timedelta(minutes=3))
+    assert report.days_refreshed == 1
+
+
 async def test_only_one_maintenance_at_a_time(store: Store, database_url: str) -> None:
     from occ.store.maintenance import MAINTENANCE_LOCK_KEY
 
