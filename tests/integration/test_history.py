@@ -323,6 +323,39 @@ async def test_rollup_levels_follow_each_series_report_interval(store: Store, da
         assert_same(as_dict(got), days)
 
 
+async def test_the_timescale_layout_sql_reads_the_same(loaded: tuple[Store, list], database_url: str) -> None:
+    """The TimescaleDB path's statements (text keys; tables readings, readings_1h, readings_1d) run here against
+    the plain path's views of the same names, for a series that keeps those rollups: same answers as the plain
+    layout. (The TimescaleDB path itself is tested in test_timescale.py when a server with it is configured.)"""
+    from occ.store import history as hist
+
+    store, _ = loaded
+    await store.maintain(now=MAINTAIN_AT)
+    start, end = T0 - timedelta(minutes=13), T0 + timedelta(days=3, hours=2)
+    conn = await asyncpg.connect(database_url)
+    try:
+        sid = await conn.fetchval("SELECT id FROM series WHERE device_id = 'st1'")
+        # Hours as if written since the refresh (read raw): a few ranges (one branch each), then many (LATERAL).
+        few = [T0 + timedelta(hours=h) for h in (5, 6, 9)]
+        many = [T0 + timedelta(hours=2 * h) for h in range(12)]
+        cases = ((timedelta(hours=1), hist.LEVEL_1H, few), ("day", hist.LEVEL_1D, few),
+                 (timedelta(hours=1), hist.LEVEL_1H, many))  # fmt: skip
+        for bucket, level, dirty in cases:
+            spec = hist.bucket_spec(bucket, tz=VN)
+            assert spec is not None
+            plan = hist.plan_ranges(start, end, level, rollup_tz=VN, dirty_hours=dirty)
+            assert len(plan.raw) > 1 and plan.rollup
+            answers = []
+            for layout, ids in ((hist.PLAIN, [sid]), (hist.TIMESCALE, ["st1"])):
+                series = hist.Series(["st1"], ids, ids, "rain_mm")
+                for agg in ("avg", "first", "last", "count"):
+                    sql, args = hist.aggregate_query(spec, plan, layout=layout, series=series, agg=agg, by_device=True)
+                    answers.append([tuple(r) for r in await conn.fetch(sql, *args)])
+            assert answers[:4] == answers[4:] and all(answers), bucket
+    finally:
+        await conn.close()
+
+
 async def test_rollups_are_used_when_clean_and_raw_when_dirty(loaded: tuple[Store, list], database_url: str) -> None:
     store, _ = loaded
     await store.maintain(now=MAINTAIN_AT)
