@@ -146,6 +146,9 @@ class IngestMetrics:
         r.gauge("occ_ingest_mqtt_connected", "1 while connected to the broker",
                 fn=lambda: float(bool(service.bus and service.bus.connected.is_set())))
         r.gauge("occ_ingest_devices_known", "Devices in the registry", fn=lambda: len(service.devices))
+        self.rollup_lag = r.gauge("occ_rollup_lag_seconds",
+                                  "How long the oldest hour waiting for its rollup has been due (0: maintenance "
+                                  "keeps up), as of this worker's last maintenance run")
 
 
 class IngestService:
@@ -683,7 +686,9 @@ class IngestService:
             if self.store is not None and time.monotonic() - last_maintenance >= MAINTENANCE_EVERY_S:
                 last_maintenance = time.monotonic()
                 try:
-                    await self.store.maintain()
+                    report = await self.store.maintain()
+                    if not report.skipped:
+                        self.metrics.rollup_lag.set(report.lag_s)
                 except StoreUnavailable:
                     pass
                 except Exception as exc:
