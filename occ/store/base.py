@@ -39,8 +39,8 @@ class StoreBase:
         self.write_retries = 0
         """Times `write_batch` retried inside the store (deadlock, serialization failure, a stale pooled
         connection); ingest exports it in `occ_ingest_write_retries_total`."""
-        self._series_ids: dict[tuple[str, str], int] = {}
-        """Plain path: (device_id, metric) -> series id. Ids never change once made, so a cache that only grows
+        self._series_ids: dict[str, dict[str, int]] = {}
+        """Plain path: device_id -> metric -> series id. Ids never change once made, so a cache that only grows
         is exact (bounded by the number of series, like `latest`)."""
 
     @property

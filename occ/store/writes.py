@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import operator
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
@@ -44,7 +43,7 @@ _UPSERT_LATEST = (
     "quality = excluded.quality, received_at = excluded.received_at WHERE excluded.ts > l.ts"
 )
 # Plain path (migration 0030): readings are stored under integer series ids.
-SERIES_READING_COLUMNS = ("ts", "value", "series_id", "quality")
+SERIES_READING_COLUMNS = ("series_id", "ts", "value", "quality")
 _INSERT_SERIES_FROM_STAGING = (
     "INSERT INTO series_readings (ts, value, series_id, quality) "
     "SELECT ts, value, series_id, quality FROM occ_series_staging ORDER BY series_id, ts, seq "
@@ -66,9 +65,6 @@ _INSERT_EVENTS = (
     "FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::jsonb[]) AS u(d, t, y, j) "
     "ORDER BY d, t, y ON CONFLICT (device_id, ts, type) DO NOTHING"
 )
-
-
-_series_key = operator.itemgetter(2, 0)
 
 
 def _latest_rows(rows: Sequence[ReadingRow]) -> list[ReadingRow]:
@@ -175,23 +171,25 @@ class Writes(StoreBase):
                 self.write_retries += 1
 
     async def _series_records(self, conn: asyncpg.Connection, rows: list[ReadingRow]) -> list[tuple]:
-        """The batch as (ts, value, series_id, quality) records, registering series seen for the first time."""
+        """The batch as (series_id, ts, value, quality) records, registering series seen for the first time.
+        (A dict per device, not one keyed by (device, metric): no key tuple per reading; with the id first, the
+        records sort in key order without a key function. Together cheaper than sorting the text rows was.)"""
         ids = self._series_ids
         try:
-            return [(r[2], r[3], ids[r[0], r[1]], r[4]) for r in rows]
+            return [(ids[r[0]][r[1]], r[2], r[3], r[4]) for r in rows]
         except KeyError:
             pass
-        missing = sorted({(r[0], r[1]) for r in rows} - ids.keys())
+        missing = sorted({(r[0], r[1]) for r in rows if r[1] not in ids.get(r[0], ())})
         # A series another writer registers concurrently is committed but invisible to this statement's
         # snapshot (ON CONFLICT waited for it): the second round finds it.
         for _ in range(3):
             found = await conn.fetch(_REGISTER_SERIES, [k[0] for k in missing], [k[1] for k in missing])
             for row in found:
-                ids[row["device_id"], row["metric"]] = row["id"]
-            missing = [k for k in missing if k not in ids]
+                ids.setdefault(row["device_id"], {})[row["metric"]] = row["id"]
+            missing = [k for k in missing if k[1] not in ids.get(k[0], ())]
             if not missing:
                 break
-        return [(r[2], r[3], ids[r[0], r[1]], r[4]) for r in rows]
+        return [(ids[r[0]][r[1]], r[2], r[3], r[4]) for r in rows]
 
     @staticmethod
     async def _insert_series_readings(conn: asyncpg.Connection, records: list[tuple]) -> int:
@@ -201,7 +199,7 @@ class Writes(StoreBase):
         try:
             async with conn.transaction():
                 await conn.copy_records_to_table(
-                    "series_readings", records=sorted(records, key=_series_key), columns=SERIES_READING_COLUMNS
+                    "series_readings", records=sorted(records), columns=SERIES_READING_COLUMNS
                 )
             return len(records)
         except asyncpg.UniqueViolationError:
