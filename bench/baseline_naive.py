@@ -32,6 +32,15 @@ from bench.common import parse_url
 
 INSERT = ("INSERT INTO readings (device_id, metric, ts, value, quality) VALUES ($1, $2, $3, $4, 0) "
           "ON CONFLICT (device_id, metric, ts) DO NOTHING")
+# The plain path stores readings under series ids (migration 0030; `readings` is a view there): the same one
+# INSERT per reading, with the series looked up (or registered) in the statement.
+INSERT_SERIES = (
+    "WITH s AS (SELECT id FROM series WHERE device_id = $1 AND metric = $2), "
+    "n AS (INSERT INTO series (device_id, metric) SELECT $1, $2 WHERE NOT EXISTS (SELECT 1 FROM s) "
+    "ON CONFLICT (device_id, metric) DO NOTHING RETURNING id) "
+    "INSERT INTO series_readings (series_id, ts, value, quality) "
+    "SELECT id, $3, $4, 0 FROM (SELECT id FROM s UNION ALL SELECT id FROM n) AS k ON CONFLICT DO NOTHING"
+)
 
 
 def _ts(raw: object) -> datetime:
@@ -49,7 +58,8 @@ async def run(mqtt_url: str, database_url: str, topic_prefix: str) -> dict[str, 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     conn = await asyncpg.connect(database_url)
-    stmt = await conn.prepare(INSERT)
+    series = await conn.fetchval("SELECT to_regclass('series_readings') IS NOT NULL")
+    stmt = await conn.prepare(INSERT_SERIES if series else INSERT)
 
     def on_message(client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         loop.call_soon_threadsafe(queue.put_nowait, (message.topic, message.payload, message.mid, message.qos))
