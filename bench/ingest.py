@@ -990,7 +990,8 @@ class Bench:
     def summary(self, info: dict[str, Any], elapsed: float) -> dict[str, Any]:
         o = self.o
         first = f"@{o.transports[0]}/{o.worker_counts[0]}w"
-        p = {name.removesuffix(first): phase for name, phase in self.phases.items()}  # primary under plain names
+        p = dict(self.phases)
+        p.update({name.removesuffix(first): phase for name, phase in self.phases.items() if name.endswith(first)})
 
         def fig(phase: str, key: str, digits: int = 0) -> float | None:
             value = p[phase].figures.get(key) if phase in p else None

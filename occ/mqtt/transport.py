@@ -34,6 +34,11 @@ __all__ = ["Delivery", "MqttSubscriber", "Publish", "handle"]
 
 SOCKET_BUFFER = 1 << 22
 CONNECT_TIMEOUT_S = 15.0
+COALESCE_BELOW = 32 * 1024
+"""A read smaller than this means the socket was nearly empty: we keep up with live traffic, and the broker
+writes each message as it comes, so reading at once would cost one wakeup, one parse call and one hand-over per
+message or two. Waiting `read_coalesce_s` lets a few milliseconds of messages gather in the socket instead
+(receive-side Nagle; ingest lingers 10 ms per batch anyway). A larger read means a backlog: no wait."""
 
 PublishHandler = Callable[[list[Publish], int], None]
 """Called with the PUBLISH frames of one read and the connection's generation (for `Delivery` or `handle`)."""
@@ -96,6 +101,7 @@ class MqttSubscriber:
         reconnect_min_s: float = 0.2,
         reconnect_max_s: float = 10.0,
         write_limit: int = 1 << 20,
+        read_coalesce_s: float = 0.002,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.address = BrokerAddress.parse(url)
@@ -110,6 +116,8 @@ class MqttSubscriber:
         self._reconnect_min_s = reconnect_min_s
         self._reconnect_max_s = reconnect_max_s
         self._write_limit = write_limit
+        self._read_coalesce_s = read_coalesce_s
+        self._holding = False
         self._subscriptions: dict[str, int] = {}
         self._conn: _Connection | None = None
         self._generation = 0
@@ -321,6 +329,14 @@ class MqttSubscriber:
         self._write(conn)
         if proto.state is State.CLOSED and conn.transport is not None:
             conn.transport.close()
+        elif len(data) < COALESCE_BELOW and self._read_coalesce_s > 0 and not self._holding:
+            self._holding = True
+            self._apply_reading()
+            asyncio.get_running_loop().call_later(self._read_coalesce_s, self._release_reads)
+
+    def _release_reads(self) -> None:
+        self._holding = False
+        self._apply_reading()
 
     def _handle_events(self, conn: _Connection) -> None:
         for event in conn.proto.events_received():
@@ -385,8 +401,8 @@ class MqttSubscriber:
         conn = self._conn
         if conn is None or conn.transport is None or conn.transport.is_closing():
             return
-        pause = self._paused or conn.write_paused
-        conn.proto.reading_paused = pause
+        conn.proto.reading_paused = self._paused or conn.write_paused
+        pause = self._paused or conn.write_paused or self._holding
         if pause and conn.transport.is_reading():
             conn.transport.pause_reading()
         elif not pause and not conn.transport.is_reading():
