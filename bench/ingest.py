@@ -975,9 +975,13 @@ class Bench:
                 check = await self.latency(peak, label="sustain")
                 self.phases[f"sustain@{name}"] = check
                 committed = check.figures["committed_msgs_per_s"]
-                sustained = min(peak, committed) if committed == committed else peak
+                if committed > 0:
+                    sustained = min(peak, committed)
+                else:  # NaN or 0: no commit inside the window at all, the machine is starved (see `other`)
+                    log(f"[{name}] the sustain window saw no commit; taking a quarter of (a) as sustained")
+                    sustained = peak / 4
                 rate = sustained / 2
-            log(f"[{name}] latency at {'half the sustained rate' if sustained else 'the given rate'}: "
+            log(f"[{name}] latency at {'the given rate' if sustained is None else 'half the sustained rate'}: "
                 f"{rate:,.0f} msg/s for {o.latency_s:.0f} s, probe every {PROBE_INTERVAL_S * 1000:.0f} ms")
             phase = await self.latency(rate)
             phase.figures["sustained_msgs_per_s"] = sustained
