@@ -383,7 +383,9 @@ function connect() {
   };
   ws.onclose = (event) => {
     setConnected(false);
-    if (event.code === 4401 || event.code === 1008 && /auth/.test(event.reason)) { location.replace("/login"); return; }
+    // A refused handshake (expired or revoked login) looks like any lost connection here: ask the API, which
+    // sends the page to the login form on 401; a server that is down just fails and we retry.
+    api("/api/me").catch(() => {});
     const delay = state.backoff;
     state.backoff = Math.min(MAX_BACKOFF_MS, state.backoff * 2);
     setTimeout(connect, delay + Math.random() * 300);
