@@ -105,8 +105,9 @@ class Up:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "occ.cli", "--set", f"var_dir={var}", *flags, "up", *args], cwd=ROOT,
-                env=clean_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=die_with_parent(),
+                # A port of its own for `occ web`: other stacks on this machine may hold or grab 8080.
+                env=clean_env(OCC_WEB__PORT=str(free_port())), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent(),
             )
 
     def log(self) -> str:
