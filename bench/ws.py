@@ -179,6 +179,37 @@ def publisher_worker(url: str, devices: int, interval: float, duration: float, s
     print(json.dumps({"readings": sent, "alerts": storm_sent}), flush=True)
 
 
+# --- the pure core alone ----------------------------------------------------------------------------------
+
+def core_cost(clients: int = 1000, devices: int = 5000, seconds: int = 10, per_flush: int = 50) -> dict[str, Any]:
+    """CPU of the feed core (hub + batch + every session's offer/take) without sockets, in this process."""
+    from web.feed import DeltaBatch, DeviceInfo, FeedSession, Hub
+
+    hub = Hub()
+    hub.set_devices([DeviceInfo(f"D{i}", "hydromet", f"n{i}", "a", 22.5, 104.9) for i in range(devices)])
+    sessions = [FeedSession(hub, now=0.0) for _ in range(clients)]
+    for s in sessions:
+        s.receive('{"type":"subscribe"}', 0.0)
+        s.take(0.0, 0.0)
+    started = time.process_time()
+    frames = 0
+    flushes = seconds * 10
+    for tick in range(flushes):
+        now = tick * 0.1
+        deltas = []
+        for k in range(per_flush):
+            deltas += hub.reading(f"D{(tick * per_flush + k) % devices}", 1.8e9 + now,
+                                  {"water_level_m": 100.0, "rain_mm": 1.0}, now)
+        batch = DeltaBatch(deltas)
+        for s in sessions:
+            s.offer(batch, now)
+            frames += len(s.take(now, 0.0))
+    cpu = time.process_time() - started
+    return {"bench": "ws-core", "clients": clients, "frames": frames,
+            "us_per_client_frame": round(cpu / frames * 1e6, 2),
+            "core_cpu_pct_at_10_batches_per_s": round(100 * cpu / seconds, 2)}
+
+
 # --- orchestration ----------------------------------------------------------------------------------------
 
 @dataclass
@@ -371,6 +402,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "--client-worker":
         url, token, count, slow, first, sample = argv[1:7]
         asyncio.run(client_worker(url, token, int(count), int(slow), int(first), int(sample)))
+        return 0
+    if argv and argv[0] == "--core":
+        print(json.dumps(core_cost()))
         return 0
     if argv and argv[0] == "--publisher":
         url, devices, interval, duration, storm, storm_at = argv[1:7]
