@@ -143,15 +143,17 @@ class Target:
 
 
 class OccTarget(Target):
-    def __init__(self, store: Store, url: str) -> None:
+    def __init__(self, store: Store, url: str, conn: asyncpg.Connection) -> None:
         self.store = store
         self.url = url
+        self.conn = conn
+        """The bench's own connection (checks between maintenance runs; not a new connection each time)."""
         self.name = "occ-" + store.mode
 
     @classmethod
     async def open(cls, url: str, *, timescale: bool, start: datetime) -> OccTarget:
         store = await Store.connect(url, timescaledb="on" if timescale else "off", timezone=SITE_TZ, pool_size=2)
-        target = cls(store, url)
+        target = cls(store, url, await asyncpg.connect(url))
         await store.maintain(now=start)  # partitions from the first reading on
         return target
 
@@ -164,23 +166,16 @@ class OccTarget(Target):
             report = await self.store.maintain(now=now, budget_s=600.0)
             lag = max(lag, report.lag_s)
             ready = now - self.store.settings.rollup_grace - timedelta(hours=1)
-            conn = await asyncpg.connect(self.url)
-            try:
-                left = await conn.fetchval("SELECT count(*) FROM rollup_dirty WHERE bucket <= $1", ready)
-            finally:
-                await conn.close()
+            left = await self.conn.fetchval("SELECT count(*) FROM rollup_dirty WHERE bucket <= $1", ready)
             if not left or report.skipped:
                 return lag
 
     async def close(self) -> None:
+        await self.conn.close()
         await self.store.close()
 
     async def sizes(self) -> dict[str, int]:
-        conn = await asyncpg.connect(self.url)
-        try:
-            return await relation_sizes(conn, timescale=self.store.mode == "timescale")
-        finally:
-            await conn.close()
+        return await relation_sizes(self.conn, timescale=self.store.mode == "timescale")
 
     async def q_latest(self, fleet: Fleet) -> int:
         return len(await self.store.latest())
