@@ -220,13 +220,16 @@ async def _history_command(config: Config, args: argparse.Namespace) -> int:
 
 async def _ingest(config: Config, *, drain_only: bool = False) -> int:
     from ingest.service import run
-    from occ.lifecycle import stop_on_signals
+    from occ.lifecycle import ignore_stop_signals, stop_on_signals
 
     stop, drain = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     stop_on_signals(stop, name="ingest")
     loop.add_signal_handler(signal.SIGUSR1, drain.set)
-    return await run(config, stop=stop, drain=drain, drain_only=drain_only)
+    try:
+        return await run(config, stop=stop, drain=drain, drain_only=drain_only)
+    finally:
+        ignore_stop_signals()
 
 
 def _up(config: Config, args: argparse.Namespace) -> int:

@@ -37,6 +37,16 @@ def stop_on_signals(stop: asyncio.Event, *, name: str) -> None:
         loop.add_signal_handler(sig, on_signal, sig)
 
 
+def ignore_stop_signals() -> None:
+    """Once stopped: a late SIGTERM or SIGHUP (under `occ up` one comes from the group and one from the
+    supervisor) must not turn a clean exit into death by signal. Closing the loop would restore their default
+    action, so they are taken off the loop and ignored here first."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
+
+
 async def unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
     """Run `work` (a service's start, say) unless `stop` is set first, which cancels it. True when it ran to
     the end; its exceptions propagate."""
@@ -72,6 +82,4 @@ async def serve(start: Callable[[], Coroutine[Any, Any, None]], stop: Callable[[
             await asyncio.wait_for(stop(), stop_timeout_s)
         except TimeoutError:
             log.warning("%s did not stop within %.0f s; exiting anyway", name, stop_timeout_s)
-        loop = asyncio.get_running_loop()
-        for sig in STOP_SIGNALS:
-            loop.remove_signal_handler(sig)
+        ignore_stop_signals()
