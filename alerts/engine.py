@@ -1,4 +1,4 @@
-"""The alerts engine core: pure, no I/O, no clock of its own (issue 6 §9, ARCHITECTURE §5).
+"""The alerts engine core: pure, no I/O, no clock of its own (issue 6 §9, docs/architecture.md §5).
 
 Contract:
 

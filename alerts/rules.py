@@ -1,4 +1,4 @@
-"""Rules as data: `config/rules/*.yaml` parsed and validated into frozen `Rule`s (issue 6, ARCHITECTURE §5).
+"""Rules as data: `config/rules/*.yaml` parsed and validated into frozen `Rule`s (issue 6, docs/architecture.md §5).
 
 A file is accepted whole or rejected whole with `path:line: what is wrong` (occ.yamlfile keeps the lines);
 `load_rules` over several files fails if any one fails, so a running service keeps the rules it has.

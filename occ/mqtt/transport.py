@@ -1,7 +1,7 @@
 """The asyncio adapter around `occ.mqtt.protocol`: one persistent MQTT 5 subscriber connection that reconnects.
 
 It owns only I/O: a TCP (or TLS) connection via `loop.create_connection`, whose transport reads the socket in
-large chunks (asyncio's 256 KiB per readiness event) with TCP_NODELAY set (ARCHITECTURE §8: Nagle doubled p99 on
+large chunks (asyncio's 256 KiB per readiness event) with TCP_NODELAY set (docs/architecture.md §8; Nagle doubled p99 on
 loopback); keepalive timers; reconnect with capped exponential backoff and jitter. Each chunk goes to the
 protocol core, and the PUBLISH frames parsed from it reach the consumer as one list (`on_publishes`), so the
 per-message cost is the parse and nothing else.

@@ -1,7 +1,7 @@
 """Alert SQL (issue 6): episodes, transitions, acknowledgements, silences, maintenance windows, incidents,
 the webhook outbox and the engine's state snapshots. The `Store` facade exposes these functions as methods.
 
-Contracts that matter for restart safety (ARCHITECTURE §5):
+Contracts that matter for restart safety (docs/architecture.md §5):
 * `commit_alerts` writes the engine's transitions, incident changes, state snapshots and webhook outbox rows
   in ONE transaction; the alerts service acknowledges its MQTT messages only after it returns.
 * One open episode per fingerprint is enforced by the unique partial index `alert_episodes_open_uq`.
