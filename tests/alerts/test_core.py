@@ -407,3 +407,34 @@ def test_operator_resolve_stands_down_until_clear() -> None:
     eng.feed_reading("WL1", "water_level_m", T0 + 1200, 98.0)
     eng.feed_reading("WL1", "water_level_m", T0 + 1800, 99.5)
     assert [t.state for t in eng.take().transitions] == ["firing"]
+
+
+MAINT = FLOOD.replace("FOR", "0s").replace("KEEP", "0s").replace("DESC", "0s") + """
+maintenance:
+  - {name: weekly-check, match: {rule: flood}, weekdays: [2], start: "07:00", duration: 1h}
+"""
+
+
+def test_maintenance_window_in_local_time_mutes() -> None:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    tuesday_0730 = datetime(2026, 7, 14, 7, 30, tzinfo=ZoneInfo("Asia/Ho_Chi_Minh")).timestamp()  # a Tuesday
+    eng = engine(MAINT)
+    eng.tick(tuesday_0730)
+    eng.feed_reading("WL1", "water_level_m", tuesday_0730, 101.5)
+    [t] = eng.take().transitions
+    assert t.muted == "maintenance" and not t.announce
+    [unmuted] = eng.tick(tuesday_0730 + 3600).transitions  # 08:30 local: the window is over
+    assert unmuted.muted is None and unmuted.reason == "no longer muted"
+
+
+def test_instances_per_rule_are_capped() -> None:
+    text = FLOOD.replace("FOR", "0s").replace("KEEP", "0s").replace("DESC", "0s").replace(
+        "    hysteresis: 0.1", "    hysteresis: 0.1\n    max_instances: 3")
+    stations = [Device(f"S{i}", "hydromet", area="bac-quang", attributes=WL.attributes) for i in range(5)]
+    eng = engine(text, stations)
+    eng.tick(T0)
+    for st in stations:
+        eng.feed_reading(st.id, "water_level_m", T0, 101.5)
+    assert len(eng.take().transitions) == 3 and eng.stats["capped"] >= 2

@@ -74,3 +74,17 @@ def test_one_bad_file_rejects_the_whole_set(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_rules([good, bad])
     assert info.value.path == str(bad)
+
+
+def test_occ_rules_validate_exit_codes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BASE.replace("severity: 1", "severity: 9"))
+    run = [sys.executable, "-m", "occ.cli", "rules", "validate"]
+    ok = subprocess.run([*run, *map(str, rule_files(ROOT / "config" / "rules"))], capture_output=True, text=True)
+    assert ok.returncode == 0 and "rules valid" in ok.stdout
+    failed = subprocess.run([*run, str(bad)], capture_output=True, text=True)
+    assert failed.returncode == 2
+    assert f"{bad}:7:" in failed.stderr and "1..5" in failed.stderr and "Traceback" not in failed.stderr
