@@ -374,47 +374,46 @@ async def _write_incident(conn: asyncpg.Connection, inc: IncidentWrite) -> tuple
 async def _write_episode(
     conn: asyncpg.Connection, ep: EpisodeWrite, recorded_at: datetime, incident_ids: Mapping[str, int]
 ) -> tuple[int, dict[str, Any]] | None:
-    row = await conn.fetchrow(
-        "SELECT id, incident_id, acked_by, acked_at, ack_note, ack_expires_at FROM alert_episodes "
-        "WHERE fingerprint = $1 AND state <> 'resolved' FOR UPDATE",
-        ep.fingerprint,
-    )
+    """Two round trips per transition: the episode row (insert or update, which also locks it), then the
+    transition row with its id drawn in the same statement."""
     incident_id = incident_ids.get(ep.group_key) if ep.group_key else None
     if incident_id is None and ep.group_key:
         incident_id = await conn.fetchval(
             "SELECT id FROM alert_incidents WHERE group_key = $1 ORDER BY id DESC LIMIT 1", ep.group_key
         )
     acked: dict[str, Any] | None = None
-    if row is None:
-        if ep.from_state != "ok":
-            return None  # resolved by an operator while the engine still held it open
+    episode_id = None
+    if ep.from_state == "ok":
         episode_id = await conn.fetchval(
             "INSERT INTO alert_episodes (fingerprint, rule, kind, device_id, area, labels, state, severity, "
             "peak_severity, level, value, threshold, message_vi, message_en, started_at, fired_at, changed_at, "
             "resolved_at, late, muted, flapping, incident_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, "
-            "$11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) RETURNING id",
+            "$11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) "
+            "ON CONFLICT (fingerprint) WHERE state <> 'resolved' DO NOTHING RETURNING id",
             ep.fingerprint, ep.rule, ep.kind, ep.device_id, ep.area, ep.labels, ep.state, ep.severity,
             ep.peak_severity, ep.level, ep.value, ep.threshold, ep.message_vi, ep.message_en, ep.started_at,
             ep.fired_at, ep.changed_at, ep.resolved_at, ep.late, ep.muted, ep.flapping, incident_id,
         )
-    else:
-        episode_id = row["id"]
-        if incident_id is None:
-            incident_id = row["incident_id"]
-        await conn.execute(
+    if episode_id is None:
+        row = await conn.fetchrow(
             "UPDATE alert_episodes SET state = $2, severity = $3, peak_severity = $4, level = $5, value = $6, "
             "threshold = $7, message_vi = $8, message_en = $9, fired_at = $10, changed_at = $11, "
-            "resolved_at = $12, late = $13, muted = $14, flapping = $15, incident_id = $16 WHERE id = $1",
-            episode_id, ep.state, ep.severity, ep.peak_severity, ep.level, ep.value, ep.threshold,
+            "resolved_at = $12, late = $13, muted = $14, flapping = $15, incident_id = coalesce($16, incident_id) "
+            "WHERE fingerprint = $1 AND state <> 'resolved' "
+            "RETURNING id, incident_id, acked_by, acked_at, ack_note, ack_expires_at",
+            ep.fingerprint, ep.state, ep.severity, ep.peak_severity, ep.level, ep.value, ep.threshold,
             ep.message_vi, ep.message_en, ep.fired_at, ep.changed_at, ep.resolved_at, ep.late, ep.muted,
             ep.flapping, incident_id,
         )
+        if row is None:
+            return None  # resolved by an operator while the engine still held it open
+        episode_id = row["id"]
+        incident_id = row["incident_id"]
         if row["acked_by"] is not None:
             acked = {"by": row["acked_by"], "at": iso(row["acked_at"]), "note": row["ack_note"] or "",
                      "expires_at": iso(row["ack_expires_at"])}
-    seq = await conn.fetchval("SELECT nextval(pg_get_serial_sequence('alert_transitions', 'id'))")
     payload = {
-        "v": 1, "seq": seq, "id": episode_id, "fingerprint": ep.fingerprint, "rule": ep.rule, "kind": ep.kind,
+        "v": 1, "seq": None, "id": episode_id, "fingerprint": ep.fingerprint, "rule": ep.rule, "kind": ep.kind,
         "device_id": ep.device_id, "device_name": "", "area": ep.area, "labels": ep.labels,
         "severity": ep.severity, "peak_severity": ep.peak_severity, "level": ep.level, "state": ep.state,
         "previous_state": ep.from_state, "previous_severity": ep.from_severity, "value": ep.value,
@@ -424,13 +423,16 @@ async def _write_episode(
         "actor": "engine", "late": ep.late, "muted": ep.muted, "acked": acked, "incident_id": incident_id,
         **ep.payload,
     }
-    await conn.execute(
+    seq = await conn.fetchval(
+        "WITH s AS (SELECT nextval(pg_get_serial_sequence('alert_transitions', 'id')) AS id) "
         "INSERT INTO alert_transitions (id, episode_id, ts, recorded_at, from_state, to_state, from_severity, "
         "to_severity, reason, actor, late, muted, payload) OVERRIDING SYSTEM VALUE "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'engine', $10, $11, $12)",
-        seq, episode_id, ep.changed_at, recorded_at, ep.from_state, ep.state, ep.from_severity, ep.severity,
+        "SELECT s.id, $1, $2, $3, $4, $5, $6, $7, $8, 'engine', $9, $10, $11::jsonb || jsonb_build_object('seq', s.id) "
+        "FROM s RETURNING id",
+        episode_id, ep.changed_at, recorded_at, ep.from_state, ep.state, ep.from_severity, ep.severity,
         ep.reason, ep.late, ep.muted, payload,
     )
+    payload["seq"] = seq
     return int(seq), payload
 
 
