@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -616,6 +617,7 @@ async def main_async(args: argparse.Namespace) -> int:
     finally:
         if pg is not None and not args.keep:
             await asyncio.to_thread(pg.destroy)
+            shutil.rmtree(work, ignore_errors=True)
     occ_last = plain["occ-plain"][-1]
     naive_last = plain["naive"][-1]
     report["ratio_to_naive"] = ratios(occ_last, naive_last)
