@@ -352,7 +352,12 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     if args.command == "up":
         return _up(config, args)
     if args.command == "ingest":
-        return asyncio.run(_ingest(config, drain_only=args.drain))
+        status = asyncio.run(_ingest(config, drain_only=args.drain))
+        # The loop restored SIGTERM's default on closing: a repeated SIGTERM (a group kill plus the supervisor)
+        # arriving while the interpreter exits would turn a clean drain into death by signal. It is the same stop.
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        return status
     if args.command == "db":
         return asyncio.run(_db_command(config, args))
     if args.command == "devices":
