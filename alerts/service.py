@@ -37,6 +37,7 @@ from occ.codecs import Decoder
 from occ.config import Config
 from occ.errors import ConfigError, StoreUnavailable
 from occ.http import start_health_server
+from occ.lifecycle import unless_stopped
 from occ.metrics import Registry
 from occ.store import Store
 from occ.store.alerts import EpisodeWrite, IncidentWrite
@@ -573,8 +574,10 @@ async def run(config: Config, *, stop: asyncio.Event | None = None,
     """Run `occ alerts` until `stop` is set; `reload` (SIGHUP) reloads the rules."""
     service = AlertsService.from_config(config)
     stop = stop or asyncio.Event()
-    await service.start()
     try:
+        # A start that waits for a database or broker that is not there yet must still end on a signal.
+        if not await unless_stopped(service.start(), stop):
+            return 0
         while not stop.is_set():
             waiters = [asyncio.ensure_future(stop.wait())]
             if reload is not None:

@@ -16,6 +16,7 @@ from occ.catalog import Catalog
 from occ.codecs import Decoder
 from occ.config import Config
 from occ.errors import ServiceError
+from occ.lifecycle import unless_stopped
 from occ.metrics import Registry
 from occ.store import Store
 from web import api
@@ -171,8 +172,9 @@ class WebService:
 
 async def run(config: Config, *, stop: asyncio.Event) -> None:
     service = WebService(config)
-    await service.start()
     try:
-        await stop.wait()
+        # A start still waiting (for the database or broker) must end on a signal too (issue 11 item 4).
+        if await unless_stopped(service.start(), stop):
+            await stop.wait()
     finally:
         await service.stop()

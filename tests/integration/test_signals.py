@@ -9,7 +9,10 @@ for ever; with an unreachable broker it ignored Ctrl-C and died after 60 s with 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -125,3 +128,48 @@ def test_a_repeated_sigterm_still_stops_cleanly(tmp_path: Path, database_url: st
         assert "second signal" not in ingest.log()
     finally:
         ingest.stop()
+
+
+def _service(tmp_path: Path, command: str, database_url: str, mqtt_url: str) -> tuple[subprocess.Popen[bytes], Path]:
+    log = tmp_path / f"{command}.log"
+    port = f"{command}.http_port={free_port()}" if command == "alerts" else f"web.port={free_port()}"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "occ.cli", "--database-url", database_url, "--mqtt-url", mqtt_url,
+             "--set", port, command],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OCC_VAR_DIR": str(tmp_path / "var")},
+        )
+    return process, log
+
+
+def _wait_text(process: subprocess.Popen[bytes], log: Path, text: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text(errors="replace"):
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(("command", "outage", "waits_for"), [
+    ("alerts", "database", "database unavailable"),
+    ("alerts", "broker", "unreachable"),
+    ("web", "broker", "unreachable"),
+], ids=["alerts-no-database", "alerts-no-broker", "web-no-broker"])
+def test_alerts_and_web_stop_on_sigterm_while_their_servers_are_missing(
+        command: str, outage: str, waits_for: str, tmp_path: Path, database_url: str, mqtt_services_url: str) -> None:
+    """Before: `occ alerts` waiting for its database ignored SIGTERM (its start was not cancellable)."""
+    db = f"postgresql://postgres@127.0.0.1:{free_port()}/occ" if outage == "database" else database_url
+    mqtt = f"mqtt://127.0.0.1:{free_port()}" if outage == "broker" else mqtt_services_url
+    if outage != "database":
+        subprocess.run([sys.executable, "-m", "occ.cli", "--database-url", db, "db", "migrate"], check=True,
+                       capture_output=True)
+    process, log = _service(tmp_path, command, db, mqtt)
+    try:
+        _wait_text(process, log, waits_for)
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(STOP_WITHIN_S)  # TimeoutExpired fails the test
+        text = log.read_text(errors="replace")
+        assert code == 0 and "Traceback" not in text, text
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
