@@ -157,9 +157,17 @@ def ingest_services(stack: Stack) -> list[ServiceSpec]:
 
 
 def alerts_services(stack: Stack) -> list[ServiceSpec]:
-    """The alerts engine (one instance: its state is per rule and device)."""
+    """The alerts engine (one instance: its state is per rule and device).
+
+    Under --demo it runs on the event clock: the simulator replays the last day at `speed`, so its readings are
+    hours old by the wall clock. On the wall clock they would all be `late` (stored, never announced) and every
+    `for`/`keep_firing_for` timer would last `speed` times longer than the flood it belongs to; on the event
+    clock the engine's time is the stream's, and flood levels fire and resolve at demo speed."""
     port = free_port()
-    return [ServiceSpec("alerts", ("alerts",), {"OCC_ALERTS__HTTP_PORT": str(port)}, http_port=port)]
+    env = {"OCC_ALERTS__HTTP_PORT": str(port)}
+    if stack.demo:
+        env["OCC_ALERTS__CLOCK"] = "event"
+    return [ServiceSpec("alerts", ("alerts",), env, http_port=port)]
 
 
 def web_services(stack: Stack) -> list[ServiceSpec]:
@@ -183,11 +191,24 @@ def _port_or_free(host: str, port: int) -> int:
     return port
 
 
+DEMO_SCENARIO = "demo"
+"""config/scenarios/demo.yaml: normal days over the whole catalog plus the demo incidents (a compressed flash
+flood, the camera outage storm, the QL2 rush-hour jam) inside the replayed day."""
+
+
+def demo_simulate_args(speed: float, config_dir: Path | str, scenario: str = DEMO_SCENARIO) -> tuple[str, ...]:
+    """`occ simulate` arguments of the demo: one process drives every device (the scenarios' effects add up on
+    the same devices, so no two publishers fight over one), the last day replayed at `speed`, then real time,
+    forever. The same as `simulators.cli.demo_argv`."""
+    return ("simulate", "run", "--scenario", scenario, "--speed", f"{speed:g}", "--start=-1d",
+            "--duration", "forever", "--config-dir", str(config_dir), "--quiet")
+
+
 def simulator_services(stack: Stack) -> list[ServiceSpec]:
-    """With --demo: the Hà Giang fleet on the normal-day scenario, publishing as devices do."""
+    """With --demo: the Hà Giang fleet on the demo scenario, publishing as devices do."""
     if not stack.demo:
         return []
-    return [ServiceSpec("simulate", ("simulate", "--scenario", "normal-day", "--speed", str(stack.speed)),
+    return [ServiceSpec("simulate", demo_simulate_args(stack.speed, stack.config.config_path),
                         {"OCC_MQTT_URL": stack.mqtt_url})]
 
 

@@ -48,7 +48,8 @@ log = logging.getLogger("simulators")
 
 DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
 COMMANDS = ("run", "load", "scenarios")
-DEMO_SCENARIO = "normal-day"
+DEMO_SCENARIO = "demo"
+"""config/scenarios/demo.yaml (normal days plus the demo incidents); occ.supervisor.demo_simulate_args matches."""
 DEMO_SPEED = 60.0
 
 
@@ -402,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def demo_argv(mqtt_url: str | None = None, *, speed: float = DEMO_SPEED, config_dir: str = "config") -> list[str]:
-    """Arguments for `occ up --demo`: the normal-day scenario over the catalog, accelerated, forever.
+    """Arguments for `occ up --demo`: the demo scenario over the catalog, accelerated, forever.
 
     The run starts a day in the past and plays it at `speed` (a day in 24 minutes at 60×) until it catches up
     with the present, then continues in real time, so the wall display fills at once and never shows

@@ -29,6 +29,7 @@ from occ.embedded import EmbeddedBroker, EmbeddedPostgres
 from occ.embedded.broker import mosquitto_path
 from occ.embedded.net import free_port, port_open
 from occ.embedded.proc import die_with_parent
+from tests.alerts.helpers import Recorder
 from tests.integration.fault_helpers import ROOT, clean_env, http_get
 
 pytestmark = pytest.mark.slow
@@ -299,12 +300,21 @@ async def test_occ_up_runs_the_stack_refuses_a_second_and_stops_clean(kind: str,
         up.cleanup()
 
 
-async def test_occ_up_demo_stores_simulated_readings(up_dir: Path) -> None:
+HAZARD_RULES = ("flood-level", "river-rising-fast", "rain-24h", "rain-3h-intense", "district-heavy-rain")
+"""The shipped flood and rain rules (config/rules/hagiang-hydromet.yaml)."""
+
+
+async def test_occ_up_demo_stores_simulated_readings_and_raises_real_alerts(up_dir: Path) -> None:
+    """`occ up --demo` as `make run` composes it (demo scenario, alerts on the event clock), faster: at 300× the
+    demo's flash flood rains over 15 mm in 24 h at a Bắc Quang gauge about 12 s after the start, and the real
+    alerts service must publish and store that alert as new (not `late`: the replayed day is hours old)."""
     if mosquitto_path() is None:
         pytest.skip("mosquitto is not installed")
-    up = Up(up_dir / "var", "--demo", "--workers", "1", "--broker", "mosquitto")
+    up = Up(up_dir / "var", "--demo", "--workers", "1", "--broker", "mosquitto", "--speed", "300")
+    recorder = None
     try:
         endpoints = await asyncio.to_thread(up.wait_endpoints)
+        recorder = Recorder(endpoints["mqtt_url"], "occ/v1/_sys/alerts/#")
         catalog = set()
         for file in (ROOT / "config" / "devices").glob("*.yaml"):
             catalog |= {line.split("id:", 1)[1].strip() for line in file.read_text().splitlines()
@@ -317,8 +327,25 @@ async def test_occ_up_demo_stores_simulated_readings(up_dir: Path) -> None:
         assert stored <= catalog, stored - catalog
         registered = await fetch(endpoints["database_url"], "SELECT count(*) AS n FROM devices")
         assert registered[0]["n"] == len(catalog)
+
+        def hazard(published: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [p for p in published if p.get("rule") in HAZARD_RULES and p.get("state") == "firing"]
+
+        assert await asyncio.to_thread(recorder.wait_for, lambda published: bool(hazard(published)), 60), (
+            f"no flood or rain alert published; saw {[(p.get('rule'), p.get('state')) for p in recorder.unique()]}"
+            f"\n{up.log()}")
+        first = hazard(recorder.unique())[0]
+        assert first["device_id"] in catalog and not first["late"], first
+        episodes = await fetch(endpoints["database_url"],
+                               "SELECT rule, device_id, late FROM alert_episodes WHERE fired_at IS NOT NULL")
+        assert (first["rule"], first["device_id"], False) in {(e["rule"], e["device_id"], e["late"])
+                                                             for e in episodes}, episodes
+        recorder.close()
+        recorder = None
         await asyncio.to_thread(stop_and_check_nothing_left, up, endpoints)
     finally:
+        if recorder is not None:
+            recorder.close()
         up.cleanup()
 
 

@@ -56,7 +56,7 @@ def test_time_defaults() -> None:
     _, end, _ = resolve_times(parse("--duration", "forever", "--speed", "60"), [], now)
     assert end is None
     demo = build_parser().parse_args(demo_argv("mqtt://127.0.0.1:1999"))
-    assert demo.scenario == ["normal-day"] and demo.speed == 60 and demo.duration == "forever"
+    assert demo.scenario == ["demo"] and demo.speed == 60 and demo.duration == "forever"
 
 
 def test_out_and_replay_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

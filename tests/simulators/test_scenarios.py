@@ -24,7 +24,7 @@ from simulators.scenario import (
 )
 
 SHIPPED = ["normal-day", "flash-flood-bac-quang", "camera-outage-storm", "rush-hour-jam-ql2", "sensor-faults",
-           "gsm-outage"]
+           "gsm-outage", "demo"]
 
 
 def test_shipped_scenarios_are_valid(fleet: Fleet) -> None:

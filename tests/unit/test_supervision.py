@@ -8,7 +8,16 @@ from occ.backoff import Backoff
 from occ.bus import BrokerAddress
 from occ.config import Config, DatabaseConfig, MqttConfig
 from occ.redact import redact_url
-from occ.supervisor import SERVICES, RestartPolicy, ServiceSpec, Stack, ingest_services, simulator_services
+from occ.supervisor import (
+    SERVICES,
+    RestartPolicy,
+    ServiceSpec,
+    Stack,
+    alerts_services,
+    ingest_services,
+    simulator_services,
+)
+from simulators.cli import demo_argv
 
 
 def test_backoff_grows_to_its_cap_and_starts_over_after_reset() -> None:
@@ -64,6 +73,12 @@ def test_services_are_a_table_that_builds_specs_from_the_stack() -> None:
     (sim,) = simulator_services(stack)
     assert sim.env["OCC_MQTT_URL"] == "mqtt://127.0.0.1:1"  # devices' listener, not the services' one
     assert sim.health_url is None
+    # the demo scenario, forever, in one simulator process; the same arguments as simulators.cli.demo_argv
+    assert sim.args == ("simulate", *demo_argv(speed=stack.speed, config_dir=str(stack.config.config_path)))
+    (alerts,) = alerts_services(stack)
+    assert alerts.env["OCC_ALERTS__CLOCK"] == "event"  # the replayed day is hours old by the wall clock
+    (alerts,) = alerts_services(Stack("d", "m", "s", {}, Config(), demo=False))
+    assert "OCC_ALERTS__CLOCK" not in alerts.env
     assert simulator_services(Stack("d", "m", "s", {}, Config(), demo=False)) == []
     assert ServiceSpec("x", ("x",)).metrics_url is None
 
