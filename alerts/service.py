@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from alerts.model import IncidentChange, Output, Transition, to_datetime
 from alerts.notify import Notifier
 from alerts.rules import RuleSet, load_rules, rule_files
 from alerts.storm import LabelMatch, SilenceRule, Window
+from occ.backoff import Backoff
 from occ.bus import Delivery, MqttClient
 from occ.catalog import Catalog
 from occ.codecs import Decoder
@@ -245,20 +245,19 @@ class AlertsService:
             self.failed = exc
 
     async def _connect_store(self) -> Store:
-        delay = 0.5
+        backoff = Backoff(0.5, self.retry_max_s)
         while True:
             try:
                 store = await Store.connect(self.database_url, pool_size=3, **self._store_options)
                 self.database_up = True
                 return store
             except StoreUnavailable as exc:
-                if delay == 0.5:
+                if backoff.attempts == 0:
                     log.warning("database unavailable at start (%s); retrying", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.retry_max_s)
+                await asyncio.sleep(backoff.next())
 
     async def _retry(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        delay = 0.25
+        backoff = Backoff(0.25, self.retry_max_s)
         down_since: float | None = None
         while True:
             try:
@@ -269,8 +268,7 @@ class AlertsService:
                     down_since = time.monotonic()
                 self.database_up = False
                 self.metrics.commit_retries.inc()
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, self.retry_max_s)
+                await asyncio.sleep(backoff.next())
                 continue
             if down_since is not None:
                 log.warning("database recovered after %.1f s", time.monotonic() - down_since)
