@@ -41,6 +41,7 @@ from occ.lifecycle import unless_stopped
 from occ.metrics import Registry
 from occ.store import Store
 from occ.store.alerts import EpisodeWrite, IncidentWrite
+from occ.topics import alerts_reload_topic
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +201,10 @@ class AlertsService:
         # Device space only (four levels); alert topics under _sys have six and never match.
         return [f"{self.prefix}/+/+/+"]
 
+    @property
+    def reload_topic(self) -> str:
+        return alerts_reload_topic(self.prefix)
+
     async def start(self) -> None:
         if self.http_port is not None:
             self._http_runner, self.bound_http_port = await start_health_server(
@@ -223,6 +228,7 @@ class AlertsService:
         )
         for topic in self.topics:
             self.bus.subscribe(topic, qos=1)
+        self.bus.subscribe(self.reload_topic, qos=1)
         await self.bus.start(wait=True, timeout=60)
         self._tasks = [
             asyncio.create_task(self._step_loop(), name="alerts-step"),
@@ -316,6 +322,12 @@ class AlertsService:
 
     # -- receive -----------------------------------------------------------------------------------------
     def _on_message(self, message: paho.MQTTMessage, delivery: Delivery) -> None:
+        if message.topic == self.reload_topic:
+            log.info("rules reload requested over MQTT (%s)", self.reload_topic)
+            self.request_reload()
+            if message.qos and self.bus is not None:
+                self.bus.ack(delivery)
+            return
         self.unacked += 1
         self._inbox.append(Inbound(message._topic.decode("utf-8", "replace"), bytes(message.payload), time.time(),
                                    delivery if message.qos else None))

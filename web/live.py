@@ -29,6 +29,7 @@ from occ.bus import Delivery, MqttClient
 from occ.codecs import Decoder
 from occ.metrics import Registry
 from occ.store import Store
+from occ.topics import alerts_reload_topic
 from web.errors import api_error
 from web.feed import CLOSE_GOING_AWAY, Delta, DeltaBatch, DeviceInfo, FeedSession, Hub
 from web.security import PRINCIPAL, access, origin_allowed
@@ -174,6 +175,13 @@ class LiveGateway:
     @property
     def connected(self) -> bool:
         return self.bus is None or self.bus.connected.is_set()
+
+    def request_rules_reload(self) -> bool:
+        """Ask the alerts service(s) to reload their rules (QoS 1); False when the broker is not reachable now."""
+        if self.bus is None or not self.bus.connected.is_set():
+            return False
+        info = self.bus.publish(alerts_reload_topic(self.prefix), b"{}", qos=1)
+        return info.rc == paho.MQTT_ERR_SUCCESS
 
     # -- MQTT ----------------------------------------------------------------------------------------
     def _on_message(self, message: paho.MQTTMessage, delivery: Delivery) -> None:

@@ -2,8 +2,9 @@
 
 `web/` never imports `alerts/` (the layers stay separate), so these routes run the alerts CLI in a child
 process (`occ rules list --json`, `occ rules validate FILE`) and decide by its exit code; its first error line
-(file, line and problem) goes back to the caller. Reloading stays with the alerts service (SIGHUP to `occ
-alerts`), which owns the running rules.
+(file, line and problem) goes back to the caller. Reloading stays with the alerts service, which owns the
+running rules: `POST /api/rules/reload` validates the files, then publishes on `occ.topics.alerts_reload_topic`,
+which `occ alerts` treats as SIGHUP.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from aiohttp import web
 
 from web.api import MAX_BODY, Route, ctx, json_response
 from web.errors import api_error
+from web.live import GATEWAY
 from web.security import access
 
 CLI_TIMEOUT_S = 30.0
@@ -79,8 +81,30 @@ async def validate_rules(request: web.Request) -> web.Response:
                              status=422)
 
 
+@access("admin")
+async def reload_rules(request: web.Request) -> web.Response:
+    """Validate the rule files in place, then ask the alerts service to reload them (over MQTT: web never
+    signals another process). A bad file is named here at once; the service would keep its rules anyway."""
+    config_dir = ctx(request).config_dir
+    files = sorted(str(p) for p in (Path(config_dir) / "rules").glob("*.yaml"))
+    if not files:
+        raise api_error(409, "no_rules", f"no rule files in {Path(config_dir) / 'rules'}")
+    code, out, err = await _occ("rules", "validate", *files, config_dir=config_dir)
+    if code != 0:
+        message = _first_line(err or out)
+        return web.json_response({"reloaded": False, "error": {"status": 422, "code": "invalid_rules",
+                                                               "message": message}}, status=422)
+    if not request.app[GATEWAY].request_rules_reload():
+        raise api_error(503, "broker_unavailable", "the broker is not reachable: the reload was not requested")
+    _cache.clear()
+    return json_response({"reloaded": True, "message": "rules valid; reload requested from the alerts service",
+                          "files": [Path(f).name for f in files]}, status=202)
+
+
 ROUTES: list[Route] = [
     Route("GET", "/api/rules", list_rules, "Active alert rules (and how many devices each covers)", "rules"),
     Route("POST", "/api/rules/validate", validate_rules, "Validate a rule file (YAML body; admin)", "rules",
           body=("(YAML document)",)),
+    Route("POST", "/api/rules/reload", reload_rules, "Validate config/rules and ask occ alerts to reload (admin)",
+          "rules"),
 ]

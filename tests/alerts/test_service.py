@@ -98,3 +98,24 @@ async def test_sighup_reload_keeps_running_rules_when_a_file_is_bad(database_url
         (rules_dir / "broken.yaml").write_text(RULES.replace("name: flood", "name: flood-2"))
         service._reload()
         assert sorted(r.name for r in service.rules.rules) == ["flood", "flood-2"]
+
+
+async def test_a_reload_requested_over_mqtt_installs_new_rule_files(database_url: str, mqtt_services_url: str,
+                                                                    rules_dir: Path) -> None:
+    """`occ web` cannot signal `occ alerts`; it publishes on the reload topic, which acts as SIGHUP."""
+    from occ.topics import alerts_reload_topic
+
+    await seed_devices(database_url, [STATION])
+    async with running_alerts(database_url, mqtt_services_url, rules_dir) as service:
+        (rules_dir / "more.yaml").write_text(RULES.replace("name: flood", "name: flood-2"))
+        publisher = Publisher(mqtt_services_url)
+        try:
+            publisher.publish(alerts_reload_topic(service.prefix), b"{}")
+            publisher.wait()
+        finally:
+            publisher.close()
+        deadline = time.monotonic() + 15
+        while sorted(r.name for r in service.rules.rules) != ["flood", "flood-2"]:
+            assert time.monotonic() < deadline, [r.name for r in service.rules.rules]
+            await asyncio.sleep(0.05)
+        assert service.unacked == 0  # the control message is acknowledged, never held
