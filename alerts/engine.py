@@ -757,7 +757,8 @@ class Engine:
                 self._stash[key] = data
         by_name = self.rules.by_name()
         for key in [k for k in self._stash if k.startswith("i:")]:
-            data = self._stash[key]
+            if key not in self._stash:
+                continue  # already loaded: building an earlier key's routes created its device's other instances
             fp = key[2:]
             rule_name, _, target = fp.partition("|")
             rule = by_name.get(rule_name)

@@ -41,7 +41,7 @@ from occ.lifecycle import unless_stopped
 from occ.metrics import Registry
 from occ.store import Store
 from occ.store.alerts import EpisodeWrite, IncidentWrite
-from occ.topics import alerts_reload_topic
+from occ.topics import alert_topic, alerts_reload_topic, incident_topic
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +56,6 @@ class Inbound:
     payload: bytes
     received: float
     delivery: Delivery | None
-
-
-def alert_topic(prefix: str, area: str | None, device_id: str | None) -> str:
-    return f"{prefix}/_sys/alerts/{area or '_none'}/{device_id or '_area'}"
-
-
-def incident_topic(prefix: str, area: str | None) -> str:
-    return f"{prefix}/_sys/incidents/{area or '_none'}"
 
 
 class AlertsMetrics:

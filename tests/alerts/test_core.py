@@ -438,3 +438,35 @@ def test_instances_per_rule_are_capped() -> None:
     for st in stations:
         eng.feed_reading(st.id, "water_level_m", T0, 101.5)
     assert len(eng.take().transitions) == 3 and eng.stats["capped"] >= 2
+
+
+def test_restore_of_the_shipped_rules_with_many_rules_per_device() -> None:
+    """A snapshot of every shipped rule over the catalog restores whole. Before: restoring one instance built its
+    device's routes, which loaded (and took out of the stash) the other instances of that device, and the next
+    key of the list raised KeyError — a second `make run` on the same var/ failed at start."""
+    from alerts.rules import load_rules, rule_files
+    from tests.alerts.test_rules import ROOT, catalog_devices
+
+    devices = catalog_devices()
+    rules = load_rules(rule_files(ROOT / "config" / "rules"))
+    stations = [d for d in devices if d.kind == "hydromet" and "alarm_levels_m" in d.attributes]
+
+    def new() -> Engine:
+        return Engine(rules, devices, units={"water_level_m": "m", "rain_mm": "mm"})
+
+    eng = new()
+    eng.tick(T0)
+    rng = np.random.default_rng(7)
+    for step in range(200):  # enough for the anomaly rule to warm up and the ladders to move
+        ts = T0 + 600 * step
+        for d in stations:
+            eng.feed_reading(d.id, "water_level_m", ts, float(d.attributes["alarm_levels_m"]["I"]) - 1 + rng.normal())
+            eng.feed_reading(d.id, "rain_mm", ts, float(rng.exponential(2.0)))
+        eng.tick(ts)
+    state = {k: v for k, v in eng.snapshot(full=True).items() if v is not None}
+    assert sum(k.startswith("i:") for k in state) > 2 * len(stations)  # several instances per device
+    restarted = new()
+    restarted.restore(state)
+    assert restarted.open_fingerprints() == eng.open_fingerprints()
+    again = {k: v for k, v in restarted.snapshot(full=True).items() if v is not None}
+    assert again.keys() == state.keys()
