@@ -84,9 +84,12 @@ async def test_a_flood_of_large_payloads_stays_within_the_byte_bound(
         total_mb = MESSAGES * PAYLOAD / 2**20
         assert max(held) <= BOUND_MB * 2**20 + PAYLOAD, f"held {max(held) / 2**20:.1f} MiB"
         assert max(held) >= (BOUND_MB / 2) * 2**20, "the flood never reached the bound: the test proves nothing"
-        # Payloads held (8 MiB), transient copies while decoded, allocator slack: +15 MB measured. Without the
-        # byte bound the same run held 37 MiB and peaked +41 MB (and more with a slower database).
-        assert peak - idle_peak < 3 * BOUND_MB, (
+        # Payloads held (8 MiB), frames assembled from 256 KiB reads, transient copies while decoded, and glibc
+        # keeping freed 512 KiB blocks mapped: +15 MB measured when written, +26-27 MB in a fresh venv on
+        # 2026-12-01 at the same code (the gauge above is the bound's own proof; this checks RSS does not follow
+        # the 100 MiB flood). Without the byte bound the same run held 37 MiB and peaked +41 MB, and more with a
+        # slower database.
+        assert peak - idle_peak < 4 * BOUND_MB, (
             f"peak RSS {peak:.0f} MB vs {idle_peak:.0f} MB idle, flood of {total_mb:.0f} MiB, bound {BOUND_MB} MiB")
     finally:
         ingest.stop()
