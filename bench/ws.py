@@ -33,8 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
 
-from bench.common import machine_info, percentile, status_kb, tree_cpu_s
+from bench.common import machine_busy_s, machine_info, percentile, status_kb, tree_cpu_s
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,18 +46,178 @@ def log(message: str) -> None:
 
 
 # --- client worker (one process, many websocket clients) -------------------------------------------------
+#
+# Two client implementations, both `websockets`:
+#   sansio (default)  websockets' sans-I/O ClientProtocol under a plain asyncio.Protocol. Every frame is
+#                     timestamped when its bytes come off the socket, before any decoding; frames are kept
+#                     raw and decoded after the run, so timing one frame never delays the next one's stamp.
+#   connection        websockets' asyncio connection (`ws.recv()` per frame, decoded as it arrives), the
+#                     client of the first runs; kept to compare the measuring cost.
+# A slow client (both kinds) takes one frame a second and stops reading the socket while two are waiting.
+
 
 def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
-async def _client(url: str, token: str, index: int, slow: bool, sample: bool, ready: asyncio.Event,
-                  stop: asyncio.Event, out: dict[str, Any]) -> None:
+def _new_out(count: int) -> dict[str, Any]:
+    return {"clients": count, "ready": 0, "frames": 0, "readings": [], "alerts": [], "reading_pub": [],
+            "readings_unsampled": 0, "snapshots": 0, "errors": {}}
+
+
+def _record_error(out: dict[str, Any], exc: BaseException) -> None:
+    code = getattr(getattr(exc, "rcvd", None), "code", None)
+    key = f"closed_{code}" if code else type(exc).__name__
+    out["errors"][key] = out["errors"].get(key, 0) + 1
+    if not out.get("first_error"):
+        out["first_error"] = repr(exc)[:300]
+
+
+def _measure(out: dict[str, Any], received: float, data: bytes, sample: bool) -> None:
+    """Latencies of one delta frame received at `received` (epoch seconds)."""
+    frame = orjson.loads(data)
+    for alert in frame["alerts"]:
+        out["alerts"].append(received - _epoch(alert["changed_at"]))
+    if sample:
+        for item in frame["readings"]:
+            published = _epoch(item["ts"])
+            out["readings"].append(received - published)
+            out["reading_pub"].append(published)
+    else:
+        out["readings_unsampled"] += len(frame["readings"])
+
+
+class _SansIOClient(asyncio.Protocol):
+    """One websocket client: websockets' ClientProtocol fed straight from the socket."""
+
+    def __init__(self, url: str, token: str, slow: bool, sample: bool, out: dict[str, Any],
+                 ready: asyncio.Event) -> None:
+        from websockets.client import ClientProtocol
+        from websockets.uri import parse_uri
+
+        self.protocol = ClientProtocol(parse_uri(url), max_size=2**25)
+        self.token = token
+        self.slow = slow
+        self.sample = sample
+        self.out = out
+        self.ready = ready
+        self.transport: asyncio.Transport | None = None
+        self.open = False
+        self.got_snapshot = False
+        self.kept: list[tuple[float, bytes]] = []
+        """(receipt time, raw frame) to decode after the run: sampled clients keep every delta, the others
+        only the frames that carry alerts."""
+        self.waiting: list[bytes] = []
+        self.closed = asyncio.get_running_loop().create_future()
+        self.pacer: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        request = self.protocol.connect()
+        if self.token:
+            request.headers["Authorization"] = f"Bearer {self.token}"
+        self.protocol.send_request(request)
+        self._flush()
+
+    def _flush(self) -> None:
+        assert self.transport is not None
+        for chunk in self.protocol.data_to_send():
+            if chunk:
+                self.transport.write(chunk)
+            else:
+                self.transport.write_eof() if self.transport.can_write_eof() else None
+
+    def data_received(self, data: bytes) -> None:
+        received = time.time()  # stamped before anything is parsed
+        self.protocol.receive_data(data)
+        for event in self.protocol.events_received():
+            if isinstance(event, Response):  # the handshake
+                self.open = True
+                if event.status_code != 101:
+                    _record_error(self.out, RuntimeError(f"handshake {event.status_code}"))
+                    continue
+                self.protocol.send_text(b'{"type": "subscribe"}')
+                continue
+            if not isinstance(event, Frame) or event.opcode is not Opcode.TEXT:
+                continue
+            self.on_frame(received, bytes(event.data))
+        self._flush()
+
+    def on_frame(self, received: float, data: bytes) -> None:
+        out = self.out
+        out["frames"] += 1
+        if not self.got_snapshot:
+            if data.startswith(b'{"type":"snapshot"'):
+                self.got_snapshot = True
+                out["ready"] += 1
+                if out["ready"] == out["clients"]:
+                    self.ready.set()
+            return
+        if self.slow:
+            self.waiting.append(data)
+            if len(self.waiting) >= 2 and self.transport is not None:
+                self.transport.pause_reading()
+            return
+        if not data.startswith(b'{"type":"delta"'):
+            if data.startswith(b'{"type":"snapshot"'):
+                out["snapshots"] += 1
+            return
+        if self.sample or b'"alerts":[]' not in data:
+            self.kept.append((received, data))
+        else:
+            out["readings_unsampled"] += data.count(b'"values"')
+
+    def take_one_slowly(self) -> None:
+        """A wall display on a bad link: one frame a second."""
+        if self.waiting:
+            self.waiting.pop(0)
+        if len(self.waiting) < 2 and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            _record_error(self.out, exc)
+        elif self.protocol.close_code not in (None, 1000, 1001):
+            _record_error(self.out, RuntimeError(f"closed {self.protocol.close_code}"))
+            self.out["errors"][f"closed_{self.protocol.close_code}"] = \
+                self.out["errors"].pop("RuntimeError", 0)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def decode(self) -> None:
+        for received, data in self.kept:
+            _measure(self.out, received, data, self.sample)
+        self.kept.clear()
+
+
+async def _sansio_client(url: str, token: str, slow: bool, sample: bool, ready: asyncio.Event,
+                         stop: asyncio.Event, out: dict[str, Any]) -> _SansIOClient | None:
+    from urllib.parse import urlsplit
+
+    loop = asyncio.get_running_loop()
+    parts = urlsplit(url)
+    try:
+        _, client = await asyncio.wait_for(loop.create_connection(
+            lambda: _SansIOClient(url, token, slow, sample, out, ready), parts.hostname or "127.0.0.1",
+            parts.port or 80), 120)
+    except Exception as exc:
+        _record_error(out, exc)
+        return None
+    if slow:
+        async def pace() -> None:
+            while not stop.is_set() and not client.closed.done():
+                await asyncio.sleep(1.0)
+                client.take_one_slowly()
+        client.pacer = loop.create_task(pace())
+    return client
+
+
+async def _connection_client(url: str, token: str, slow: bool, sample: bool, ready: asyncio.Event,
+                             stop: asyncio.Event, out: dict[str, Any]) -> None:
     import websockets
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    readings: list[float] = out["readings"]
-    alerts: list[float] = out["alerts"]
     try:
         async with websockets.connect(url, additional_headers=headers, compression=None, max_size=2**25,
                                       open_timeout=120, max_queue=2 if slow else 64, ping_interval=None) as ws:
@@ -86,35 +248,35 @@ async def _client(url: str, token: str, index: int, slow: bool, sample: bool, re
                 if not sample and b'"alerts":[]' in data:
                     out["readings_unsampled"] += data.count(b'"values"')
                     continue  # nothing to time in this frame: keep the client cheap
-                frame = orjson.loads(data)
-                for alert in frame["alerts"]:
-                    alerts.append(now - _epoch(alert["changed_at"]))
-                if sample:
-                    for item in frame["readings"]:
-                        readings.append(now - _epoch(item["ts"]))
-                else:
-                    out["readings_unsampled"] += len(frame["readings"])
+                _measure(out, now, data, sample)
     except Exception as exc:  # a benchmark client reports, it does not crash its siblings
-        code = getattr(getattr(exc, "rcvd", None), "code", None)
-        key = f"closed_{code}" if code else type(exc).__name__
-        out["errors"][key] = out["errors"].get(key, 0) + 1
-        if not out.get("first_error"):
-            out["first_error"] = repr(exc)[:300]
+        _record_error(out, exc)
 
 
-async def client_worker(url: str, token: str, count: int, slow: int, first_index: int, sample_every: int) -> None:
-    out: dict[str, Any] = {"clients": count, "ready": 0, "frames": 0, "readings": [], "alerts": [],
-                           "readings_unsampled": 0, "snapshots": 0, "errors": {}}
+async def _loop_lag(stop: asyncio.Event, lags: list[float], period: float = 0.01) -> None:
+    """How late this process's event loop wakes up: the clients' own scheduling delay."""
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        due = loop.time() + period
+        await asyncio.sleep(period)
+        lags.append(loop.time() - due)
+
+
+async def client_worker(url: str, token: str, count: int, slow: int, first_index: int, sample_every: int,
+                        impl: str = "sansio") -> None:
+    out = _new_out(count)
     ready = asyncio.Event()
     stop = asyncio.Event()
+    measuring = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, measuring.set)
     tasks = []
     for i in range(count):
         index = first_index + i
         out["sampled"] = out.get("sampled", 0) + (1 if i >= slow and index % sample_every == 0 else 0)
-        tasks.append(asyncio.create_task(_client(url, token, index, i < slow, index % sample_every == 0, ready,
-                                                 stop, out)))
+        make = _sansio_client if impl == "sansio" else _connection_client
+        tasks.append(asyncio.create_task(make(url, token, i < slow, index % sample_every == 0, ready, stop, out)))
         if i % 50 == 49:
             await asyncio.sleep(0.05)  # do not SYN-flood the listen backlog
     try:
@@ -122,11 +284,27 @@ async def client_worker(url: str, token: str, count: int, slow: int, first_index
     except TimeoutError:
         pass
     print(json.dumps({"ready": out["ready"]}), flush=True)
+    lags: list[float] = []
+    lag_task: asyncio.Task[None] | None = None
+    await asyncio.wait([asyncio.create_task(measuring.wait()), asyncio.create_task(stop.wait())],
+                       return_when=asyncio.FIRST_COMPLETED)
+    if not stop.is_set():
+        lag_task = asyncio.create_task(_loop_lag(stop, lags))
     await stop.wait()
-    await asyncio.wait(tasks, timeout=5)
-    for task in tasks:
+    if lag_task is not None:
+        await lag_task
+    done, pending = await asyncio.wait(tasks, timeout=5)
+    for task in pending:
         task.cancel()
+    for task in done:
+        client = task.result() if not task.cancelled() and task.exception() is None else None
+        if isinstance(client, _SansIOClient):
+            if client.transport is not None:
+                client.transport.abort()
+            client.decode()
     out["slow"] = slow
+    out["loop_lag_ms"] = {"p50": round(percentile(lags, 50) * 1000, 1), "p99": round(percentile(lags, 99) * 1000, 1),
+                          "max": round(max(lags) * 1000, 1)} if lags else None
     print(json.dumps(out), flush=True)
 
 
@@ -222,6 +400,7 @@ class Options:
     slow: int = 50
     storm: int = 200
     sample_every: int = 10
+    client_impl: str = "sansio"
     phases: tuple[str, ...] = ("occ", "occ+slow", "naive", "naive+slow")
 
 
@@ -258,6 +437,39 @@ def start_server(kind: str, port: int, database_url: str, mqtt_url: str) -> subp
     return subprocess.Popen(argv, env=env, cwd=ROOT)
 
 
+def scrape_metrics(port: int, token: str) -> dict[str, Any]:
+    """The gateway's own view: fan-out cost per batch and how long changes waited in it (from /metrics)."""
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {token}"})
+    try:
+        text = urllib.request.urlopen(request, timeout=10).read().decode()
+    except OSError as exc:
+        return {"error": repr(exc)[:200]}
+    out: dict[str, Any] = {}
+    for name in ("occ_web_feed_dispatch_seconds", "occ_web_feed_delay_seconds"):
+        buckets: list[tuple[float, float]] = []
+        total = count = 0.0
+        for line in text.splitlines():
+            if line.startswith(name + "_bucket"):
+                bound = line.split('le="', 1)[1].split('"', 1)[0]
+                buckets.append((float(bound), float(line.rsplit(" ", 1)[1])))
+            elif line.startswith(name + "_sum "):
+                total = float(line.rsplit(" ", 1)[1])
+            elif line.startswith(name + "_count "):
+                count = float(line.rsplit(" ", 1)[1])
+        short = name.removeprefix("occ_web_feed_").removesuffix("_seconds")
+        out[f"{short}_count"] = int(count)
+        out[f"{short}_mean_ms"] = round(1000 * total / count, 2) if count else None
+        # the smallest bucket bound that holds 99 % of the observations (an upper bound of the p99)
+        p99 = next((b for b, c in buckets if count and c >= 0.99 * count), None)
+        out[f"{short}_p99_le_ms"] = None if p99 is None else (round(1000 * p99, 1) if p99 != float("inf") else "inf")
+    for line in text.splitlines():
+        if line.startswith("occ_web_ws_frames_total "):
+            out["frames_sent"] = int(float(line.rsplit(" ", 1)[1]))
+    return out
+
+
 def wait_port(port: int, timeout: float = 60) -> None:
     import socket
 
@@ -289,7 +501,7 @@ def run_phase(name: str, opts: Options, database_url: str, mqtt_url: str, device
             slow = slow_total // opts.procs + (1 if p < slow_total % opts.procs else 0)
             workers.append(subprocess.Popen(
                 [sys.executable, "-m", "bench.ws", "--client-worker", url, token if kind == "occ" else "",
-                 str(count), str(slow), str(p * per), str(opts.sample_every)],
+                 str(count), str(slow), str(p * per), str(opts.sample_every), opts.client_impl],
                 stdout=subprocess.PIPE, text=True, cwd=ROOT))
         ready = 0
         for w in workers:
@@ -297,13 +509,21 @@ def run_phase(name: str, opts: Options, database_url: str, mqtt_url: str, device
             line = w.stdout.readline()
             ready += json.loads(line)["ready"] if line.strip() else 0
         log(f"{name}: {ready}/{opts.clients} clients have their snapshot")
+        for w in workers:
+            w.send_signal(signal.SIGUSR1)  # start measuring loop lag
         cpu0, t0 = tree_cpu_s(server.pid), time.monotonic()
+        wcpu0 = sum(tree_cpu_s(w.pid) for w in workers)
+        busy0 = machine_busy_s()
+        storm_epoch = time.time() + opts.duration / 2
         publisher = subprocess.run(
             [sys.executable, "-m", "bench.ws", "--publisher", device_mqtt_url, str(opts.devices), str(opts.interval),
              str(opts.duration), str(opts.storm), str(opts.duration / 2)],
             capture_output=True, text=True, cwd=ROOT, timeout=opts.duration + 60)
         time.sleep(1.5)  # let the last frames arrive
         cpu1, t1 = tree_cpu_s(server.pid), time.monotonic()
+        wcpu1 = sum(tree_cpu_s(w.pid) for w in workers)
+        busy1 = machine_busy_s()
+        server_metrics = scrape_metrics(port, token) if kind == "occ" else {}
         rss_kb = status_kb(server.pid, "VmRSS") or 0
         hwm_kb = status_kb(server.pid, "VmHWM") or 0
         results = []
@@ -314,6 +534,12 @@ def run_phase(name: str, opts: Options, database_url: str, mqtt_url: str, device
             lines = [ln for ln in out.splitlines() if ln.startswith("{")]
             results.append(json.loads(lines[-1]))
         readings = [x for r in results for x in r["readings"]]
+        published = [x for r in results for x in r["reading_pub"]]
+        # readings published from 1 s before the storm to 3 s after it, and the rest
+        in_storm = [lat for lat, pub in zip(readings, published, strict=True)
+                    if storm_epoch - 1.0 <= pub <= storm_epoch + 3.0]
+        calm = [lat for lat, pub in zip(readings, published, strict=True)
+                if not storm_epoch - 1.0 <= pub <= storm_epoch + 3.0]
         alerts = [x for r in results for x in r["alerts"]]
         errors: dict[str, int] = {}
         for r in results:
@@ -335,6 +561,13 @@ def run_phase(name: str, opts: Options, database_url: str, mqtt_url: str, device
             "alerts_delivered_pct": round(100 * len(alerts) / expected_alerts, 1) if expected_alerts else None,
             "frames": sum(r["frames"] for r in results), "snapshots_after_start": sum(r["snapshots"] for r in results),
             "client_errors": errors,
+            "p99_ms_outside_storm": round(percentile(calm, 99) * 1000, 1) if calm else None,
+            "p99_ms_storm_window": round(percentile(in_storm, 99) * 1000, 1) if in_storm else None,
+            "client_impl": opts.client_impl,
+            "client_cpu_pct": round(100 * (wcpu1 - wcpu0) / (t1 - t0), 1),
+            "machine_cpu_pct": round(100 * (busy1 - busy0) / (t1 - t0), 1),
+            "client_loop_lag_ms_p99": max((r["loop_lag_ms"] or {}).get("p99", 0) for r in results),
+            "server": server_metrics,
             "server_cpu_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 1), "server_rss_mb": round(rss_kb / 1024, 1),
             "server_peak_rss_mb": round(hwm_kb / 1024, 1),
         }
@@ -400,8 +633,8 @@ def run(opts: Options) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--client-worker":
-        url, token, count, slow, first, sample = argv[1:7]
-        asyncio.run(client_worker(url, token, int(count), int(slow), int(first), int(sample)))
+        url, token, count, slow, first, sample, impl = argv[1:8]
+        asyncio.run(client_worker(url, token, int(count), int(slow), int(first), int(sample), impl))
         return 0
     if argv and argv[0] == "--core":
         print(json.dumps(core_cost()))
@@ -419,12 +652,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--slow", type=int, default=50)
     parser.add_argument("--storm", type=int, default=200)
     parser.add_argument("--phases", default="occ,occ+slow,naive,naive+slow")
+    parser.add_argument("--client", choices=("sansio", "connection"), default="sansio",
+                        help="benchmark client: websockets sans-I/O protocol stamped on receipt (default) or "
+                             "websockets' asyncio connection")
+    parser.add_argument("--out", help="also write the final JSON object to this file")
     args = parser.parse_args(argv)
     opts = Options(clients=args.clients, procs=args.procs, devices=args.devices, interval=args.interval,
                    duration=args.duration, slow=args.slow, storm=args.storm,
-                   phases=tuple(p for p in args.phases.split(",") if p))
+                   phases=tuple(p for p in args.phases.split(",") if p), client_impl=args.client)
     result = run(opts)
-    print(json.dumps({k: v for k, v in result.items() if k != "phases"} | {"phases": result["phases"]}))
+    line = json.dumps({k: v for k, v in result.items() if k != "phases"} | {"phases": result["phases"]})
+    if args.out:
+        Path(args.out).write_text(line + "\n")
+    print(line)
     return 0
 
 

@@ -218,6 +218,9 @@ class WebConfig:
     """Live feed: at most one reading update per device per this many seconds (newer values coalesce)."""
     flush_ms: int = field(default=100, metadata=between(0, 60_000))
     """Live feed: readings are sent to clients in batches at this interval (alert changes go at once)."""
+    urgent_ms: int = field(default=20, metadata=between(0, 10_000))
+    """Live feed: alert and status changes go out at once, but at most one fan-out per this many ms (a storm of
+    changes is coalesced into a few frames per client instead of one frame per change)."""
     heartbeat_s: float = field(default=15.0, metadata=between(0.1, 3600))
     client_max_pending: int = field(default=2000, metadata=between(1, None))
     """Status/alert changes queued for one slow client before it gets a fresh snapshot instead."""

@@ -117,6 +117,7 @@ class WebService:
         self.gateway = LiveGateway(
             store=self.store, decoder=decoder, mqtt_url=config.mqtt.url, client_id=w.client_id,
             topic_prefix=config.mqtt.topic_prefix, reading_interval_s=w.reading_interval_s, flush_ms=w.flush_ms,
+            urgent_ms=w.urgent_ms,
             heartbeat_s=w.heartbeat_s, max_pending=w.client_max_pending, max_lag_s=w.client_max_lag_s,
             history=w.history, registry=registry,
         )

@@ -165,6 +165,11 @@ class DeltaBatch:
         self.seq = deltas[-1].seq if deltas else 0
         self._frame: bytes | None = None
 
+    @property
+    def built(self) -> bytes | None:
+        """The shared frame if some session has taken it already (else None)."""
+        return self._frame
+
     def frame(self) -> bytes:
         if self._frame is None:
             self._frame = delta_frame(self.seq, self.events, self.readings.values())

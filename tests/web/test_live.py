@@ -135,3 +135,52 @@ async def test_repeated_garbage_closes_with_reason(server: WebService) -> None:
                 await ws.recv()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
     assert "too many bad messages" in closed.value.rcvd.reason
+
+
+@pytest.fixture
+async def slow_urgent_server(store: Store, database_url: str, mqtt_services_url: str) -> AsyncIterator[WebService]:
+    """A gateway that fans out urgent changes at most every 500 ms (the default is 20 ms) and readings every
+    second, so a burst is coalesced whatever the machine's speed."""
+    service = WebService(web_config(database_url, mqtt_services_url, flush_ms=1000, urgent_ms=500), port=0,
+                         store=store)
+    await service.start()
+    assert service.gateway is not None and service.gateway.bus is not None
+    await asyncio.wait_for(service.gateway.bus.connected.wait(), 30)
+    await asyncio.sleep(0.3)
+    yield service
+    await service.stop()
+
+
+async def test_an_alert_storm_is_coalesced_into_few_frames_for_every_client(
+    slow_urgent_server: WebService, mqtt_url: str
+) -> None:
+    """100 alert changes published within about a second reach two walls (one watching everything: the shared,
+    pre-encoded frame; one filtered: its own frame) complete and in order, in far fewer frames than changes."""
+    token = await token_for(slow_urgent_server, "viewer")
+    headers = {"Authorization": f"Bearer {token}"}
+    url = ws_url(slow_urgent_server)
+    async with websockets.connect(url, additional_headers=headers, compression=None) as everything, \
+            websockets.connect(url, additional_headers=headers, compression=None) as hydromet:
+        await everything.send('{"type": "subscribe"}')
+        await hydromet.send(orjson.dumps({"type": "subscribe", "filter": {"kinds": ["hydromet"]}}).decode())
+        await next_frame(everything, "snapshot")
+        await next_frame(hydromet, "snapshot")
+        publisher = Publisher(mqtt_url)
+        try:
+            for i in range(100):
+                alert = {"v": 1, "seq": 1, "id": 1000 + i, "device_id": "HG-TEST-WL01", "area": "ha-giang-city",
+                         "state": "firing", "previous_state": "pending", "severity": 1 + i % 5}
+                publisher.publish("occ/v1/_sys/alerts/ha-giang-city/HG-TEST-WL01", orjson.dumps(alert))
+                await asyncio.sleep(0.01)  # a storm over about a second, not one packet
+            publisher.wait()
+        finally:
+            publisher.close()
+        for ws in (everything, hydromet):
+            ids: list[int] = []
+            frames = 0
+            while len(ids) < 100:
+                delta = await next_frame(ws, "delta", timeout=20)
+                frames += 1
+                ids += [a["id"] for a in delta["alerts"]]
+            assert ids == [1000 + i for i in range(100)]
+            assert frames <= 20, f"{frames} frames for 100 alert changes: the burst was not coalesced"
