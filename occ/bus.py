@@ -37,7 +37,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
@@ -60,24 +60,32 @@ class BrokerAddress:
     username: str | None = None
     password: str | None = field(default=None, repr=False)  # never in a repr, a log line or a traceback
     tls: bool = False
+    ca_file: str | None = None
+    """PEM file of the CA that signed the broker's certificate (`?cafile=` in the URL); None: the system's CAs."""
 
     def __str__(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     @classmethod
     def parse(cls, url: str) -> BrokerAddress:
-        """`mqtt://user:pass@host:port` (or `mqtts://` for TLS); default ports 1883 / 8883."""
+        """`mqtt://user:pass@host:port` (or `mqtts://…?cafile=/path/ca.pem` for TLS); default ports 1883 / 8883."""
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
         if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
             raise ValueError(f"unsupported MQTT URL scheme {parts.scheme!r} in {url!r}")
         tls = parts.scheme in ("mqtts", "ssl")
+        query = parse_qs(parts.query)
         return cls(
             host=parts.hostname or "127.0.0.1",
             port=parts.port or (8883 if tls else 1883),
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password else None,
             tls=tls,
+            ca_file=query["cafile"][-1] if query.get("cafile") else None,
         )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Verifies the broker's certificate and host name against `ca_file` (or the system's CAs)."""
+        return ssl.create_default_context(cafile=self.ca_file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +213,7 @@ class MqttClient:
         if self.address.username:
             client.username_pw_set(self.address.username, self.address.password)
         if self.address.tls:
-            client.tls_set_context(ssl.create_default_context())
+            client.tls_set_context(self.address.ssl_context())
         if will:
             client.will_set(will[0], will[1], qos=will[2], retain=will[3])
         client.max_queued_messages_set(self._max_outgoing)

@@ -48,6 +48,7 @@ from occ.embedded.broker import WILDCARDS
 from occ.embedded.proc import die_with_parent
 from occ.errors import AlreadyRunning, StartFailed
 from occ.redact import redact_url
+from occ.secrets import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +315,8 @@ class Supervisor:
         self.setup_builders = tuple(setup)
         self.notes: dict[str, str] = {}
         self.var = config.var_path.resolve()
+        self.secrets = self.var / "secrets"
+        """Generated passwords (database, service accounts), 0600 files in a 0700 folder (issue 7)."""
         self.postgres: EmbeddedPostgres | None = None
         self.broker: EmbeddedBroker | None = None
         self.servers: list[ServerSlot] = []
@@ -365,6 +368,7 @@ class Supervisor:
         handle.write(str(os.getpid()))
         handle.flush()
         self._lock_file = handle
+        private_dir(self.secrets)
         # Left by a run that was killed: it points at servers that are gone. It is written again once up.
         (self.var / "endpoints.json").unlink(missing_ok=True)
 
@@ -381,7 +385,8 @@ class Supervisor:
     def _start(self) -> dict[str, Any]:
         database_url = self.config.database.url
         if not database_url:
-            self.postgres = EmbeddedPostgres(self.var / "postgres", port=self.db_port)
+            self.postgres = EmbeddedPostgres(self.var / "postgres", port=self.db_port,
+                                             password_file=self.secrets / "postgres-password")
             try:
                 base = self.postgres.start()
                 database_url = base.rsplit("/", 1)[0] + "/occ"
@@ -689,9 +694,7 @@ def _check_broker(url: str, timeout: float = 5.0) -> None:
     if address.username:
         client.username_pw_set(address.username, address.password)
     if address.tls:
-        import ssl
-
-        client.tls_set_context(ssl.create_default_context())
+        client.tls_set_context(address.ssl_context())
     client.on_connect = lambda c, u, f, reason, p: result.setdefault("reason", reason)
     client.connect_timeout = timeout
     try:
@@ -728,6 +731,8 @@ def _recreate_session(url: str, client_id: str, topic: str, expiry_s: int, timeo
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
     if address.username:
         client.username_pw_set(address.username, address.password)
+    if address.tls:
+        client.tls_set_context(address.ssl_context())
     client.on_connect = lambda c, u, f, reason, p: done.setdefault("connack", reason)
     client.on_subscribe = lambda c, u, mid, reasons, p: done.setdefault("suback", reasons)
     properties = Properties(PacketTypes.CONNECT)

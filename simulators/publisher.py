@@ -211,7 +211,7 @@ class RawLink(LinkBase):
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.address.tls:
-                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+                sock = self.address.ssl_context().wrap_socket(sock, server_hostname=host)
             sock.setblocking(False)
         except BaseException:
             sock.close()  # an error path must not leave the socket to the garbage collector (issue 11 item 14)
@@ -396,7 +396,7 @@ class PahoLink(LinkBase):
         if address.username is not None:
             client.username_pw_set(address.username, address.password)
         if address.tls:
-            client.tls_set_context(ssl.create_default_context())
+            client.tls_set_context(address.ssl_context())
         if will is not None:
             client.will_set(will[0], will[1], qos=1, retain=True)
         client.max_inflight_messages_set(max_inflight)

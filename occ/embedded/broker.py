@@ -7,6 +7,14 @@ ack-after-commit consumer is not throttled by a small in-flight window.
 rumqttd speaks MQTT 3.1.1 and MQTT 5 on separate listeners, so the iotcore path has two URLs: `url` for
 devices (3.1.1) and `services_url` (MQTT 5) for OCC services. With Mosquitto both are the same listener.
 
+Closed mode (issue 7, `auth=True`, Mosquitto only): anonymous access off, a password file and an ACL file in the
+data folder (`set_auth` writes them and makes a running broker re-read them with SIGHUP; Mosquitto then drops
+clients whose account went away). Until the first `set_auth` both files are empty: nobody gets in. rumqttd
+cannot check our hashes nor enforce topic ACLs; `occ up` says so loudly when it falls back to it.
+
+TLS (issue 7 item 3, Mosquitto only): a second listener on `tls_port` with the given server certificate; the
+plain listener can be left out (`plain=False`).
+
 The broker is our child with PR_SET_PDEATHSIG (see occ.embedded.proc) in a session of its own, so it dies with
 us whatever kills us. Run as root, Mosquitto is started directly as the `mosquitto` user (its own `user`
 option would drop privileges after exec and so cancel the death signal). A broker an earlier run left on the
@@ -25,8 +33,10 @@ import stat
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 
 from occ.embedded.net import free_port, port_open
 from occ.embedded.proc import die_with_parent, find_processes, stop_child, terminate
@@ -38,9 +48,8 @@ BrokerKind = Literal["mosquitto", "iotcore"]
 
 MOSQUITTO_CONF = """\
 # Written by OCC for its embedded broker; regenerated at every start.
-listener {port} {host}
-protocol mqtt
-allow_anonymous true
+{listeners}
+{auth}
 persistence true
 persistence_location {data}/
 autosave_interval 30
@@ -91,6 +100,15 @@ next_connection_delay_ms = 1
 """
 
 
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """PEM files of a TLS listener: the CA clients should trust, and the server's certificate and key."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
 def mosquitto_path() -> str | None:
     return shutil.which("mosquitto") or (
         "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None
@@ -123,16 +141,27 @@ class EmbeddedBroker:
 
     def __init__(
         self, data_dir: str | Path, *, kind: BrokerKind | Literal["auto"] = "auto", port: int | None = None,
-        host: str = "127.0.0.1",
+        host: str = "127.0.0.1", auth: bool = False, tls: TlsFiles | None = None, tls_port: int | None = None,
+        plain: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         if kind == "auto":
             kind = "mosquitto" if mosquitto_path() else "iotcore"
         self.kind: BrokerKind = kind
+        if kind != "mosquitto" and (tls is not None or not plain):
+            raise ServiceError("TLS listeners need Mosquitto (rumqttd from iotcore is started without TLS)")
+        if not plain and tls is None:
+            raise ServiceError("the plain listener can only be turned off when a TLS listener is configured")
         self.host = host
+        self.auth = auth and kind == "mosquitto"
+        """Whether clients must authenticate and are held to the ACL file (rumqttd: never)."""
+        self.tls = tls
+        self.plain = plain
         self.port = port or free_port()
+        self.tls_port = (tls_port or free_port()) if tls is not None else None
         self.port5 = self.port if kind == "mosquitto" else free_port()
         self._process: subprocess.Popen[bytes] | None = None
+        self._user: pwd.struct_passwd | None = None
 
     @property
     def _client_host(self) -> str:
@@ -140,13 +169,64 @@ class EmbeddedBroker:
 
     @property
     def url(self) -> str:
-        """For devices and any MQTT client (3.1.1; also 5 with Mosquitto)."""
+        """For devices and any MQTT client (3.1.1; also 5 with Mosquitto); the TLS one without a plain listener."""
+        if not self.plain:
+            assert self.tls_url is not None
+            return self.tls_url
         return f"mqtt://{self._client_host}:{self.port}"
 
     @property
     def services_url(self) -> str:
         """For OCC services, which speak MQTT 5."""
+        if not self.plain:
+            return self.url
         return f"mqtt://{self._client_host}:{self.port5}"
+
+    @property
+    def tls_url(self) -> str | None:
+        """`mqtts://host:port?cafile=…` (occ.bus.BrokerAddress reads the CA from the query), or None."""
+        if self.tls is None:
+            return None
+        host = "localhost" if self._client_host == "127.0.0.1" else self._client_host
+        return f"mqtts://{host}:{self.tls_port}?cafile={quote(str(self.tls.ca))}"
+
+    @property
+    def passwd_path(self) -> Path:
+        return self.data_dir / "passwd"
+
+    @property
+    def acl_path(self) -> Path:
+        return self.data_dir / "acl"
+
+    def set_auth(self, passwd: str, acl: str) -> bool:
+        """Replace the password and ACL files (0600, atomically) and have a running Mosquitto re-read them
+        (SIGHUP; it also drops clients whose account is gone). True when the files changed."""
+        if not self.auth:
+            return False
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        changed = False
+        for path, text in ((self.passwd_path, passwd), (self.acl_path, acl)):
+            try:
+                if path.read_text() == text:
+                    continue
+            except OSError:
+                pass
+            changed = True
+            tmp = path.with_name(f".{path.name}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+            if self._user is not None:
+                os.chown(tmp, self._user.pw_uid, self._user.pw_gid)
+            os.replace(tmp, path)
+        if changed:
+            self.reload()
+        return changed
+
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto re-reads its password and ACL files."""
+        if self.kind == "mosquitto" and self.running() and self._process is not None:
+            self._process.send_signal(signal.SIGHUP)
 
     @property
     def pid(self) -> int | None:
@@ -179,6 +259,13 @@ class EmbeddedBroker:
             if exe is None:
                 raise ServiceError("mosquitto is not installed")
             user = self._mosquitto_user()
+            self._user = user
+            auth = "allow_anonymous true"
+            if self.auth:
+                for path in (self.passwd_path, self.acl_path):
+                    if not path.exists():  # nobody gets in until set_auth writes the accounts
+                        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+                auth = (f"allow_anonymous false\npassword_file {self.passwd_path}\nacl_file {self.acl_path}")
             if user is not None:
                 os.chown(self.data_dir, user.pw_uid, user.pw_gid)
                 for child in self.data_dir.iterdir():
@@ -186,7 +273,13 @@ class EmbeddedBroker:
             conf = self.data_dir / "mosquitto.conf"
             # Started as its user already; as root with no such user, Mosquitto needs to be told to stay root.
             user_line = "" if user is not None or os.geteuid() != 0 else "user root"
-            conf.write_text(MOSQUITTO_CONF.format(host=self.host, port=self.port, data=self.data_dir,
+            listeners = []
+            if self.plain:
+                listeners.append(f"listener {self.port} {self.host}\nprotocol mqtt")
+            if self.tls is not None:
+                listeners.append(f"listener {self.tls_port} {self.host}\nprotocol mqtt\ncafile {self.tls.ca}\n"
+                                 f"certfile {self.tls.cert}\nkeyfile {self.tls.key}\ntls_version tlsv1.2")
+            conf.write_text(MOSQUITTO_CONF.format(listeners="\n".join(listeners), auth=auth, data=self.data_dir,
                                                   user_line=user_line))
             return [exe, "-c", str(conf)], user
         conf = self.data_dir / "rumqttd.toml"
@@ -229,7 +322,10 @@ class EmbeddedBroker:
                 preexec_fn=die_with_parent(signal.SIGTERM), **extra,  # type: ignore[call-overload]
             )
         deadline = time.monotonic() + timeout
-        for port in {self.port, self.port5}:
+        ports = {self.port, self.port5} if self.plain else set()
+        if self.tls_port is not None:
+            ports.add(self.tls_port)
+        for port in ports:
             while not port_open(self._client_host, port):
                 code = self._process.poll()
                 if code is not None or time.monotonic() > deadline:

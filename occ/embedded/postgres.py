@@ -9,10 +9,17 @@ PostgreSQL refuses to run as root, so when we are root the server runs as a dedi
 (`occ-postgres`), which must be able to traverse every parent folder of the data directory and binaries.
 The server listens on 127.0.0.1:<free port> with unix sockets disabled (socket paths have a 107-byte limit
 that deep project folders exceed).
+
+Authentication (issue 7 item 5): password (SCRAM-SHA-256) for every connection, never trust. The superuser's
+password is a generated secret in a 0600 file (`password_file`, by default next to the data folder); the URL
+carries it. pg_hba.conf is rewritten at every start, and the password is set in single-user mode (no listener)
+whenever the file's secret is not the one the cluster was given, so a cluster made by an older version with
+trust authentication is converted before it ever listens again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -27,6 +34,7 @@ from pathlib import Path
 from occ.embedded.net import free_port, port_open
 from occ.embedded.proc import die_with_parent, find_processes, stop_child, terminate
 from occ.errors import ServiceError
+from occ.secrets import read_or_create_secret
 
 log = logging.getLogger(__name__)
 
@@ -66,22 +74,46 @@ def _open_parents(path: Path) -> None:
             os.chmod(parent, mode | stat.S_IXOTH)
 
 
+PG_HBA = """\
+# Written by OCC at every start (occ/embedded/postgres.py): password authentication (SCRAM) over loopback TCP,
+# nothing else. Unix sockets are disabled; trust is never used.
+host all all 127.0.0.1/32 scram-sha-256
+host all all ::1/128 scram-sha-256
+"""
+PASSWORD_MARK = "occ-password.sha256"
+"""In the data folder: a digest of the password the cluster was last given (never the password itself)."""
+
 STOP_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
 
 
 class EmbeddedPostgres:
     """One PostgreSQL server with its data under `data_dir`, run as a child process of ours."""
 
-    def __init__(self, data_dir: str | Path, *, port: int | None = None, durable: bool = True) -> None:
+    def __init__(self, data_dir: str | Path, *, port: int | None = None, durable: bool = True,
+                 password_file: str | Path | None = None) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port or free_port()
         self.durable = durable
+        self.password_file = (Path(password_file) if password_file is not None
+                              else self.data_dir.parent / f"{self.data_dir.name}.password")
+        self._password: str | None = None
         self._bin = bin_dir()
         self._user: pwd.struct_passwd | None = _ensure_user() if os.geteuid() == 0 else None
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
+    def password(self) -> str:
+        """The superuser's password (generated into `password_file` on first use)."""
+        if self._password is None:
+            self._password = read_or_create_secret(self.password_file)
+        return self._password
+
+    @property
     def url(self) -> str:
+        return f"postgresql://postgres:{self.password}@127.0.0.1:{self.port}/postgres"
+
+    @property
+    def url_without_password(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     @property
@@ -154,10 +186,12 @@ class EmbeddedPostgres:
             if self._user is not None:
                 os.chown(self.data_dir, self._user.pw_uid, self._user.pw_gid)
             os.chmod(self.data_dir, 0o700)
+            # trust only in the pg_hba.conf initdb writes, which `_secure` replaces before the server ever listens
             self._run("initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
                       "--encoding=UTF8", "--locale=C", "--no-instructions")
         else:
             self.stop_leftovers()
+        self._secure()
         argv = [
             str(self._bin / "postgres"), "-D", str(self.data_dir),
             "-h", "127.0.0.1", "-p", str(self.port),
@@ -166,6 +200,7 @@ class EmbeddedPostgres:
             "-c", "shared_buffers=256MB",
             "-c", "max_wal_size=2GB",
             "-c", "log_min_messages=warning",
+            "-c", "password_encryption=scram-sha-256",
         ]
         if not self.durable:
             # Tests only: their databases are thrown away, so crash safety buys nothing there.
@@ -182,6 +217,37 @@ class EmbeddedPostgres:
         self._wait_ready(timeout, log_path)
         log.info("embedded PostgreSQL listening on 127.0.0.1:%d (data %s)", self.port, self.data_dir)
         return self.url
+
+    def _secure(self) -> None:
+        """pg_hba.conf: SCRAM only. When the cluster does not have the current password yet (first start, a new
+        password file, a cluster an older OCC made with trust), set it in single-user mode, which opens no socket."""
+        hba = self.data_dir / "pg_hba.conf"
+        hba.write_text(PG_HBA)
+        if self._user is not None:
+            os.chown(hba, self._user.pw_uid, self._user.pw_gid)
+        os.chmod(hba, 0o600)
+        digest = hashlib.sha256(self.password.encode()).hexdigest()
+        mark = self.data_dir / PASSWORD_MARK
+        try:
+            if mark.read_text().strip() == digest:
+                return
+        except OSError:
+            pass
+        # The password goes through stdin, never the command line (visible to every user in /proc).
+        sql = f"ALTER ROLE postgres WITH PASSWORD '{self.password}';\n"
+        assert "'" not in self.password
+        result = subprocess.run(
+            [str(self._bin / "postgres"), "--single", "-D", str(self.data_dir), "-c", "unix_socket_directories=",
+             "-c", "password_encryption=scram-sha-256", "-c", "log_min_messages=warning", "postgres"],
+            input=sql, env=self._env(), capture_output=True, text=True, cwd=str(self.data_dir.parent),
+            **self._user_kwargs(),  # type: ignore[call-overload]
+        )
+        if result.returncode != 0:
+            raise ServiceError(f"setting the PostgreSQL password failed ({result.returncode}): "
+                               f"{result.stderr.strip()[-500:]}")
+        mark.write_text(digest + "\n")
+        if self._user is not None:
+            os.chown(mark, self._user.pw_uid, self._user.pw_gid)
 
     def _wait_ready(self, timeout: float, log_path: Path) -> None:
         """Until postmaster.pid says "ready" for our pid (what `pg_ctl -w` waits for) and the port answers."""

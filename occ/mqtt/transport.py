@@ -20,7 +20,6 @@ import asyncio
 import logging
 import random
 import socket
-import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -265,7 +264,7 @@ class MqttSubscriber:
         conn = _Connection(self, proto)
         self._generation += 1  # deliveries are tied to this TCP connection, from its first byte on
         self._connack = loop.create_future()
-        ctx = ssl.create_default_context() if self.address.tls else None
+        ctx = self.address.ssl_context() if self.address.tls else None
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 await loop.create_connection(lambda: conn, self.address.host, self.address.port, ssl=ctx)
