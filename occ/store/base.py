@@ -42,6 +42,8 @@ class StoreBase:
         self._series_ids: dict[str, dict[str, int]] = {}
         """Plain path: device_id -> metric -> series id. Ids never change once made, so a cache that only grows
         is exact (bounded by the number of series, like `latest`)."""
+        self._series_prefixes: dict[int, bytes] = {}
+        """Plain path: series id -> the start of its binary COPY row for `latest` (device_id, metric)."""
 
     @property
     def mode(self) -> Mode:

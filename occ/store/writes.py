@@ -14,6 +14,7 @@ import asyncpg
 from occ.models import DeadLetter, Event, ReadingRow, StatusChange
 from occ.store import rollups
 from occ.store.base import StoreBase, clean_text, require_aware, rowcount
+from occ.store.binary_copy import SERIES_COLUMNS, SeriesColumns, key_prefix, latest_payload
 from occ.store.connection import ConnectionLost
 from occ.store.records import WriteResult
 from occ.store.registry import REGISTER_UNPROVISIONED
@@ -43,7 +44,6 @@ _UPSERT_LATEST = (
     "quality = excluded.quality, received_at = excluded.received_at WHERE excluded.ts > l.ts"
 )
 # Plain path (migration 0030): readings are stored under integer series ids.
-SERIES_READING_COLUMNS = ("series_id", "ts", "value", "quality")
 _INSERT_SERIES_FROM_STAGING = (
     "INSERT INTO series_readings (ts, value, series_id, quality) "
     "SELECT ts, value, series_id, quality FROM occ_series_staging ORDER BY series_id, ts, seq "
@@ -104,8 +104,11 @@ class Writes(StoreBase):
         """
         require_aware("received_at", received_at)
         rows = rows if isinstance(rows, list) else list(rows)
-        latest = _latest_rows(rows)
-        hours = rollups.dirty_hours(rows)
+        plain = self._mode == "plain"
+        # Plain path: the batch as sorted binary COPY columns (occ/store/binary_copy.py), which also give the
+        # newest reading per series and the hours touched; the TimescaleDB path keeps the row form.
+        latest = [] if plain else _latest_rows(rows)
+        hours = [] if plain else rollups.dirty_hours(rows)
         event_list = list(events)
         status_list = sorted(statuses, key=lambda s: (s.device_id, s.ts))
         letters = [
@@ -120,15 +123,28 @@ class Writes(StoreBase):
             for letter in dead_letters
         ]
         conflicts = lost = 0
-        plain = self._mode == "plain"
+        columns: SeriesColumns | None = None
+        latest_copy: memoryview | None = None
         while True:
             try:
                 async with self._connection() as conn:
-                    if plain:
-                        records = await self._series_records(conn, rows)
+                    if plain and columns is None and rows:
+                        columns = SeriesColumns.build(await self._series_id_list(conn, rows), rows)
+                        hours = columns.hours(rollups._SMALL_SPAN_HOURS)
+                        newest = columns.newest()
+                        prefixes = self._series_prefixes
+                        # a memoryview: asyncpg takes bytes for a file name (os.fspath)
+                        latest_copy = memoryview(latest_payload(
+                            [prefixes[s] for s in columns.series_id[newest].tolist()], columns, newest))
                     async with conn.transaction():
                         if plain:
-                            inserted = await self._insert_series_readings(conn, records)
+                            inserted = await self._insert_series_readings(conn, columns)
+                            if latest_copy is not None:
+                                await conn.copy_to_table(
+                                    "occ_latest_staging", source=latest_copy, columns=READING_COLUMNS,
+                                    format="binary",
+                                )
+                                await conn.execute(_UPSERT_LATEST, received_at)
                         else:
                             inserted = await self._insert_readings(conn, rows)
                         if latest:
@@ -170,41 +186,43 @@ class Writes(StoreBase):
                     raise
                 self.write_retries += 1
 
-    async def _series_records(self, conn: asyncpg.Connection, rows: list[ReadingRow]) -> list[tuple]:
-        """The batch as (series_id, ts, value, quality) records, registering series seen for the first time.
-        (A dict per device, not one keyed by (device, metric): no key tuple per reading; with the id first, the
-        records sort in key order without a key function. Together cheaper than sorting the text rows was.)"""
+    async def _series_id_list(self, conn: asyncpg.Connection, rows: list[ReadingRow]) -> list[int]:
+        """The series id of each reading, registering series seen for the first time. (A dict per device, not
+        one keyed by (device, metric): no key tuple per reading.)"""
         ids = self._series_ids
         try:
-            return [(ids[r[0]][r[1]], r[2], r[3], r[4]) for r in rows]
+            return [ids[r[0]][r[1]] for r in rows]
         except KeyError:
             pass
         missing = sorted({(r[0], r[1]) for r in rows if r[1] not in ids.get(r[0], ())})
         # A series another writer registers concurrently is committed but invisible to this statement's
         # snapshot (ON CONFLICT waited for it): the second round finds it.
+        prefixes = self._series_prefixes
         for _ in range(3):
             found = await conn.fetch(_REGISTER_SERIES, [k[0] for k in missing], [k[1] for k in missing])
             for row in found:
                 ids.setdefault(row["device_id"], {})[row["metric"]] = row["id"]
+                prefixes[row["id"]] = key_prefix(row["device_id"], row["metric"])
             missing = [k for k in missing if k[1] not in ids.get(k[0], ())]
             if not missing:
                 break
-        return [(ids[r[0]][r[1]], r[2], r[3], r[4]) for r in rows]
+        return [ids[r[0]][r[1]] for r in rows]
 
     @staticmethod
-    async def _insert_series_readings(conn: asyncpg.Connection, records: list[tuple]) -> int:
-        if not records:
+    async def _insert_series_readings(conn: asyncpg.Connection, columns: SeriesColumns | None) -> int:
+        if columns is None or not len(columns):
             return 0
         # As _insert_readings: COPY in key order (series_id, ts) inside a savepoint, staging on a duplicate.
+        # One binary COPY stream serves both (a stable sort keeps the first occurrence of a key first, which
+        # the staging insert's ORDER BY ..., seq then stores).
+        payload = memoryview(columns.payload())  # not bytes: asyncpg takes bytes for a file name (os.fspath)
         try:
             async with conn.transaction():
-                await conn.copy_records_to_table(
-                    "series_readings", records=sorted(records), columns=SERIES_READING_COLUMNS
-                )
-            return len(records)
+                await conn.copy_to_table("series_readings", source=payload, columns=SERIES_COLUMNS, format="binary")
+            return len(columns)
         except asyncpg.UniqueViolationError:
             pass
-        await conn.copy_records_to_table("occ_series_staging", records=records, columns=SERIES_READING_COLUMNS)
+        await conn.copy_to_table("occ_series_staging", source=payload, columns=SERIES_COLUMNS, format="binary")
         return rowcount(await conn.execute(_INSERT_SERIES_FROM_STAGING))
 
     @staticmethod
