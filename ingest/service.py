@@ -34,6 +34,7 @@ and how to retry a write, when to isolate a poison message — is taken by the p
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import random
 import time
@@ -83,6 +84,12 @@ POISON_ATTEMPTS = 3
 message the database refuses goes to dead letters instead of blocking the stream."""
 MAINTENANCE_EVERY_S = 300.0
 TRANSPORTS = ("native", "paho")
+GC_YOUNG_THRESHOLD = 100_000
+"""Collect the young generation after this many more container allocations than frees (CPython's default: 700).
+A batch holds every message's decoded form until its commit: with the default, those objects survive many young
+collections and are promoted and traversed again and again by the older ones. Measured on (b)-shaped batches:
+~1.4 µs of a ~3.7 µs decode per reading went to the collector at 700, ~0 at 100,000. Memory is freed by
+reference counting as before; only cyclic garbage waits longer, at most this many objects (issue 8)."""
 
 
 @dataclass(slots=True)
@@ -696,6 +703,15 @@ class IngestService:
                               MAINTENANCE_EVERY_S)
 
 
+def tune_gc() -> None:
+    """For an ingest process: what was loaded so far (modules, catalog) is never traversed again, and young
+    collections are rare (`GC_YOUNG_THRESHOLD`)."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 async def run(config: Config, *, stop: asyncio.Event | None = None, drain: asyncio.Event | None = None,
               drain_only: bool = False) -> int:
     """Run one ingest worker; returns the process exit code.
@@ -704,6 +720,7 @@ async def run(config: Config, *, stop: asyncio.Event | None = None, drain: async
     first) or after a drain (`drain` set — SIGUSR1 — or `drain_only`: resume this client id's session and drain
     it at once); with 1 when a supervised task crashed (see `IngestService.crashed`)."""
     service = IngestService.from_config(config)
+    tune_gc()
     stop = stop or asyncio.Event()
     drain = drain or asyncio.Event()
     loop = asyncio.get_running_loop()
