@@ -8,6 +8,7 @@ Contract:
     engine.feed_reading(device, metric, ts, value)  # event time; also feed_rows / feed_status / feed_event
     out = engine.take()                             # Output: transitions + incident changes, in order
     state = engine.snapshot()                       # {key: bytes | None}: what changed since the last call
+    engine.record_inputs(); ...; engine.take_journal()  # the inputs since the last call, to replay after a restart
 
 * Never raises on input: unknown devices, metrics no rule uses, and duplicates are counted and skipped.
 * Idempotent per series: a reading at or before the newest timestamp already applied to its (device, metric)
@@ -16,14 +17,20 @@ Contract:
   timers with no data (deadman, pending `for` with a silent device, holds, keep_firing_for) and decides
   lateness: data older than `now - late_after_s` opens `late` episodes that are not announced.
 * `snapshot()` + `restore()` carry every pending timer, window, hysteresis level and open episode across a
-  restart; the adapter commits a snapshot together with the transitions it produced.
+  restart. Snapshots are costly (every instance a reading touched), so the adapter takes one every few
+  seconds (a checkpoint) and, with every step, commits the step's *inputs* instead (`record_inputs()`,
+  `take_journal()`: ticks, readings, statuses, events, takes, operator resolves, in call order). After a
+  restart `restore(checkpoint)` then `replay(journal since)` rebuilds exactly the state of the last committed
+  step: the engine is deterministic given its inputs and its configuration (rules, devices, silences), and the
+  adapter checkpoints before it changes the configuration, so a journal is always replayed under the
+  configuration it was recorded with.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -60,6 +67,10 @@ class _Series:
     def dump(self) -> dict[str, Any]:
         return {"t": None if self.last_ts == _NEG_INF else self.last_ts,
                 "w": {str(res): w.dump() for res, w in self.windows.items()}}
+
+
+def _fingerprint(inst: Instance) -> str:
+    return inst.fingerprint
 
 
 def _strip(rule: Rule) -> Rule:
@@ -106,6 +117,9 @@ class Engine:
         self._event_routes: dict[tuple[str, str], list[Instance]] = {}
         self._deadman: list[tuple[Instance, str, float]] = []
         self._last_seen: dict[str, float] = {}
+        self._watched: set[str] = set()  # devices a deadman rule watches: only their last-seen time is state
+        self._journal: list[tuple[Any, ...]] | None = None
+        self._restored_clock: dict[str, Any] = {}
         self._comp_members: dict[str, set[tuple[str, str]]] = {}
         self._refs: dict[str, list[Rule]] = {}
         self._per_rule: dict[str, int] = {}
@@ -302,6 +316,8 @@ class Engine:
 
     def _bind_deadman(self) -> None:
         self._deadman = []
+        watched = self._watched
+        self._watched = set()
         for rule in self.rules.rules:
             if rule.kind != "deadman":
                 continue
@@ -313,6 +329,13 @@ class Engine:
                 inst = self._instance(rule, device.id, device.area)
                 if inst is not None:
                     self._deadman.append((inst, device.id, rule.after * interval))
+                    self._watched.add(device.id)
+        # Newly watched devices: their last-seen time becomes state; no longer watched ones are dropped.
+        self._seen |= {d for d in self._watched - watched if d in self._last_seen}
+        self._seen |= {d for d in watched - self._watched if d in self._stored_devices()}
+
+    def _stored_devices(self) -> set[str]:
+        return {k[2:] for k in self._stored if k.startswith("d:")}
 
     # -- input ---------------------------------------------------------------------------------------------
     def feed_rows(self, rows: Iterable[tuple[str, str, datetime, float, int]]) -> None:
@@ -327,10 +350,14 @@ class Engine:
         the lowest level unless the instance is already active. State is marked dirty per series; the
         instances behind a touched series are resolved at snapshot time."""
         self.n_readings += 1
+        journal = self._journal
+        if journal is not None:
+            journal.append(("r", device_id, metric, ts, value))
         seen = self._last_seen.get(device_id, _NEG_INF)
         if ts > seen:
             self._last_seen[device_id] = ts
-            self._seen.add(device_id)
+            if device_id in self._watched:
+                self._seen.add(device_id)
             if self.watermark is None or ts > self.watermark:
                 self.watermark = ts
                 if self.event_clock:
@@ -394,6 +421,8 @@ class Engine:
     def feed_status(self, device_id: str, status: str, ts: float, *, clock: bool = True) -> None:
         """`clock=False`: the time is not an event time (a bare status stamped on receipt); it must not move
         the event-time watermark."""
+        if self._journal is not None:
+            self._journal.append(("s", device_id, status, ts, clock))
         if clock and (self.watermark is None or ts > self.watermark):
             self.watermark = ts
             if self.event_clock:
@@ -421,6 +450,8 @@ class Engine:
                 self._composites(inst, ts, late)
 
     def feed_event(self, device_id: str, ts: float, event_type: str, data: Mapping[str, Any]) -> None:
+        if self._journal is not None:
+            self._journal.append(("e", device_id, ts, event_type, dict(data)))
         if self.watermark is None or ts > self.watermark:
             self.watermark = ts
         rules = self._event_rules.get(event_type)
@@ -498,6 +529,8 @@ class Engine:
     # -- clock ---------------------------------------------------------------------------------------------
     def tick(self, now: float) -> Output:
         """Advance processing time to `now`: run due timers, deadman checks and mute changes."""
+        if self._journal is not None:
+            self._journal.append(("t", now))
         if self.started is None:
             self.started = now
             self._dirty.add("m:engine")
@@ -508,7 +541,9 @@ class Engine:
             self._saved_watermark = self.watermark
             self._dirty.add("m:engine")
         self._late_before = now - self.late_after_s
-        for inst in list(self._timed):
+        # Sorted: timers due in the same tick leave in the same order in every process (sets of objects and
+        # of strings iterate in an order that differs between runs; a restarted engine must replay identically).
+        for inst in sorted(self._timed, key=_fingerprint):
             if inst.hold_until is not None and now >= inst.hold_until:
                 until = inst.hold_until
                 inst.hold_until = None
@@ -540,12 +575,12 @@ class Engine:
             self._dirty.add(inst.key)
             self._track(inst)
         self._refresh_mutes(now)
-        return self.take()
+        return self._take()
 
     def _refresh_mutes(self, now: float) -> None:
         if not (self.muting.silences or self.muting.windows or self.rules.inhibit):
             return  # nothing can mute an episode except flapping, which transitions decide
-        for inst in self._live:
+        for inst in sorted(self._live, key=_fingerprint):
             if inst.state not in ACTIVE or inst.rule.internal:
                 continue
             muted = self._mute(inst, self._labels(inst), now)
@@ -585,6 +620,11 @@ class Engine:
 
     def take(self) -> Output:
         """Transitions and incident changes since the last call, in the order they happened."""
+        if self._journal is not None:
+            self._journal.append(("k",))
+        return self._take()
+
+    def _take(self) -> Output:
         out = Output()
         changes, self._changes[:] = list(self._changes), []
         now = self.now if self.now is not None else 0.0
@@ -614,8 +654,8 @@ class Engine:
                         out.incidents.append(change)
                         self._dirty.add("g:incidents")
         # An inhibition source that opened or closed changes the mute of its targets.
-        for device_id in inhibit_devices:
-            for inst in self._by_device.get(device_id, ()):
+        for device_id in sorted(inhibit_devices):
+            for inst in sorted(self._by_device.get(device_id, ()), key=_fingerprint):
                 if inst.state not in ACTIVE or inst.rule.internal:
                     continue
                 labels = self._labels(inst)
@@ -675,6 +715,8 @@ class Engine:
 
     # -- operators -----------------------------------------------------------------------------------------
     def operator_resolved(self, fingerprint: str) -> None:
+        if self._journal is not None:
+            self._journal.append(("o", fingerprint))
         inst = self._instances.get(fingerprint)
         if inst is not None:
             inst.operator_resolved()
@@ -686,6 +728,16 @@ class Engine:
 
     # -- snapshot ------------------------------------------------------------------------------------------
     def snapshot(self, *, full: bool = False) -> dict[str, bytes | None]:
+        """What changed since the last call ({key: bytes, or None for a key to delete}). `full=True` returns
+        the whole state instead and has no side effect: the next incremental snapshot is as if it never ran."""
+        if full:
+            keys = {i.key for i in self._instances.values()} | {s.key for s in self._series.values()}
+            keys |= {k for k in self._stash if k.startswith("s:")}
+            keys |= {"d:" + d for d in self._last_seen if d in self._watched} | {"g:incidents", "m:engine"}
+            keys |= {"c:" + k for k in self._comp_members}
+            keys |= self._stored
+            full_out = {key: self._dump(key) for key in keys}
+            return {k: v for k, v in full_out.items() if v is not None or k in self._stored}
         keys = set(self._dirty)
         for series in self._touched:
             keys.add(series.key)
@@ -694,10 +746,7 @@ class Engine:
         self._touched.clear()
         keys.update("d:" + d for d in self._seen)
         self._seen.clear()
-        if full:
-            keys |= {i.key for i in self._instances.values()} | {s.key for s in self._series.values()}
-            keys |= {"d:" + d for d in self._last_seen} | {"g:incidents", "m:engine"}
-            keys |= {"c:" + k for k in self._comp_members}
+        keys.add("m:engine")  # the clocks (now, watermark, lateness horizon) move with every step
         self._dirty.clear()
         out: dict[str, bytes | None] = {}
         stored = self._stored
@@ -718,22 +767,26 @@ class Engine:
             if inst is None:
                 return None
             if inst.state == "ok" and not inst.active and inst.x is None and not inst.suppressed \
-                    and inst.hold_until is None:
+                    and inst.hold_until is None and not inst.flaps:
                 return None  # nothing worth keeping: a fresh instance is identical
             return orjson.dumps(inst.dump())
         if kind == "s":
-            series = self._series.get(rest)
-            return orjson.dumps(series.dump()) if series is not None else None
+            series = self._series.get(key)  # keyed by the full "s:device|metric"
+            if series is None:
+                stashed = self._stash.get(key)  # restored, not rebuilt yet (series are rebuilt lazily)
+                return orjson.dumps(stashed) if stashed is not None else None
+            return orjson.dumps(series.dump())
         if kind == "d":
             seen = self._last_seen.get(rest)
-            return orjson.dumps(seen) if seen is not None else None
+            return orjson.dumps(seen) if seen is not None and rest in self._watched else None
         if kind == "c":
             members = self._comp_members.get(rest)
             return orjson.dumps(sorted(members)) if members else None
         if kind == "g":
             return orjson.dumps(self.incidents.dump())
         if kind == "m":
-            return orjson.dumps({"started": self.started, "watermark": self.watermark})
+            return orjson.dumps({"started": self.started, "watermark": self.watermark, "now": self.now,
+                                 "late_before": None if self._late_before == _NEG_INF else self._late_before})
         return None
 
     def restore(self, state: Mapping[str, bytes]) -> None:
@@ -745,6 +798,7 @@ class Engine:
             kind, _, rest = key.partition(":")
             if kind == "m":
                 self.watermark = data.get("watermark")
+                self._restored_clock = data
             elif kind == "d":
                 self._last_seen[rest] = float(data)
             elif kind == "c":
@@ -783,10 +837,69 @@ class Engine:
                     self._instance(rule, target, device.area, fp)
         # Series whose rules exist are re-created on their next reading (lazily) from the stash.
 
+    # -- journal -------------------------------------------------------------------------------------------
+    def record_inputs(self, on: bool = True) -> None:
+        """Start (or stop) recording every input call for `take_journal()`."""
+        self._journal = [] if on else None
+
+    @property
+    def journal_size(self) -> int:
+        return len(self._journal) if self._journal is not None else 0
+
+    @property
+    def maintenance_windows(self) -> list[Window]:
+        """The windows set with `set_maintenance` (from the database)."""
+        return self._db_windows
+
+    def take_journal(self) -> list[tuple[Any, ...]]:
+        """The inputs recorded since the last call (JSON-able tuples), in call order."""
+        if self._journal is None:
+            return []
+        journal, self._journal = self._journal, []
+        return journal
+
+    def replay(self, records: Iterable[Sequence[Any]]) -> int:
+        """Re-apply recorded inputs after `restore()`: the state becomes the one the recording engine had after
+        them. What they produce was committed when they were recorded: transitions are discarded, nothing is
+        recorded again. The clocks restored with the snapshot apply during the replay; the start-up grace of
+        deadman rules then starts afresh at the next tick, as after any restart. Returns the records applied."""
+        recording, self._journal = self._journal, None
+        clock = self._restored_clock
+        fresh_start = self.started is None
+        if self.now is None and clock:
+            self.started = clock.get("started")
+            self.now = clock.get("now")
+            late_before = clock.get("late_before")
+            self._late_before = _NEG_INF if late_before is None else late_before
+        n = 0
+        try:
+            for rec in records:
+                op = rec[0]
+                if op == "r":
+                    self.feed_reading(rec[1], rec[2], rec[3], rec[4])
+                elif op == "t":
+                    self.tick(rec[1])
+                elif op == "k":
+                    self._take()
+                elif op == "s":
+                    self.feed_status(rec[1], rec[2], rec[3], clock=rec[4])
+                elif op == "e":
+                    self.feed_event(rec[1], rec[2], rec[3], rec[4])
+                elif op == "o":
+                    self.operator_resolved(rec[1])
+                else:
+                    raise ValueError(f"unknown journal record {rec!r}")
+                n += 1
+            self._take()
+            self._changes.clear()
+        finally:
+            self._journal = recording
+        if fresh_start:
+            self.started = None
+        return n
+
     def state_size(self) -> tuple[int, int]:
         """(bytes of a full snapshot, number of (rule, device) instances): the benchmark's memory figure."""
         snap = self.snapshot(full=True)
         size = sum(len(k) + len(v) for k, v in snap.items() if v is not None)
-        # A snapshot taken for measuring must not stop the next incremental one from writing these keys.
-        self._dirty |= set(snap)
         return size, len(self._instances)

@@ -239,6 +239,7 @@ class Instance:
         self.severity = 0
         self.fired = None
         self.lower_since = None
+        self.pending_since = self.clear_since = 0.0  # set again before any use; reset so state is canonical
         self.late = False
         self.flapping = False  # the change history (flaps) stays: an episode that reopens at once counts
 
@@ -248,6 +249,8 @@ class Instance:
         self.severity = 0
         self.fired = None
         self.lower_since = None
+        self.pending_since = self.clear_since = 0.0
+        self.late = False
         self.flapping = False
         self.suppressed = self.active
 
@@ -264,7 +267,9 @@ class Instance:
         if self.state != "ok":
             d.update(sv=self.severity, li=self.level_idx, pk=self.peak, st=self.started, ps=self.pending_since,
                      f=self.fired, c=self.clear_since, lo=self.lower_since, l=self.late, m=self.muted,
-                     fl=self.flapping, fs=self.flaps)
+                     fl=self.flapping)
+        if self.flaps:
+            d["fs"] = self.flaps  # kept after `resolved` too: an episode that reopens soon still counts them
         if self.value is not None:
             d["v"] = self.value
         if self.threshold is not None:
@@ -295,7 +300,7 @@ class Instance:
             self.late = d["l"]
             self.muted = d["m"]
             self.flapping = d["fl"]
-            self.flaps = list(d["fs"])
+        self.flaps = list(d.get("fs", ()))
         self.value = d.get("v")
         self.threshold = d.get("th")
         self.suppressed = d.get("su", False)

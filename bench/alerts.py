@@ -295,6 +295,21 @@ class Probes:
             c.loop_stop()
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (and its reaped children: none here), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine spent not idle (all cores), from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def received_total(port: int) -> float:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
@@ -361,10 +376,13 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(0.5)
         probes.sent.clear()
         log(f"e2e: {args.rate:,.0f} msg/s for {args.seconds:.0f} s into occ alerts ({len(devices)} devices)")
+        acked0, cpu0, busy0, wall0 = received_total(port), process_cpu_s(proc.pid), machine_busy_s(), time.time()
         sent = probes.run(others, probe_ids, args.rate, args.seconds)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len(probes.received) < len(probes.sent) * 0.99:
-            time.sleep(0.5)
+        while time.monotonic() < deadline and (len(probes.received) < len(probes.sent) * 0.99
+                                               or received_total(port) < acked0 + sent):
+            time.sleep(0.2)
+        acked1, cpu1, busy1, wall1 = received_total(port), process_cpu_s(proc.pid), machine_busy_s(), time.time()
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
                 text = r.read().decode()
@@ -375,11 +393,19 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
         except OSError as exc:
             log(f"e2e: metrics unavailable: {exc}")
         lat = probes.latencies_ms()
-        result = {"e2e_rate_msg_s": args.rate, "e2e_sent": sent, "e2e_probes": len(probes.sent),
+        handled = acked1 - acked0
+        result = {"e2e_rate_msg_s": args.rate, "e2e_sent": sent, "e2e_handled": int(handled),
+                  "e2e_handled_msg_s": round(handled / (wall1 - wall0)),
+                  "e2e_service_cpu_us_per_msg": round((cpu1 - cpu0) / max(1.0, handled) * 1e6, 1),
+                  "e2e_service_cpu_share": round((cpu1 - cpu0) / (wall1 - wall0), 3),
+                  "e2e_machine_busy_cores": round((busy1 - busy0) / (wall1 - wall0), 2),
+                  "e2e_probes": len(probes.sent),
                   "e2e_alerts_matched": len(lat), "e2e_p50_ms": round(percentile(lat, 50), 1),
                   "e2e_p99_ms": round(percentile(lat, 99), 1), "e2e_max_ms": round(max(lat), 1) if lat else None}
         log(f"e2e: {len(lat)}/{len(probes.sent)} probes answered; p50 {result['e2e_p50_ms']} ms, "
-            f"p99 {result['e2e_p99_ms']} ms")
+            f"p99 {result['e2e_p99_ms']} ms; handled {handled:,.0f} of {sent:,} messages in {wall1 - wall0:.1f} s; "
+            f"service {result['e2e_service_cpu_us_per_msg']} µs CPU per message "
+            f"({result['e2e_service_cpu_share']:.0%} of a core); machine busy {result['e2e_machine_busy_cores']} cores")
         return result
     finally:
         if probes is not None:

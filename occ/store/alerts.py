@@ -2,8 +2,10 @@
 the webhook outbox and the engine's state snapshots. The `Store` facade exposes these functions as methods.
 
 Contracts that matter for restart safety (docs/architecture.md §5):
-* `commit_alerts` writes the engine's transitions, incident changes, state snapshots and webhook outbox rows
-  in ONE transaction; the alerts service acknowledges its MQTT messages only after it returns.
+* `commit_alerts` writes the engine's transitions, incident changes, the step's journal row (its inputs) and
+  webhook outbox rows in ONE transaction; the alerts service acknowledges its MQTT messages only after it
+  returns. `checkpoint_engine` writes the engine state and drops the journal it covers, in one transaction;
+  `load_engine_recovery` reads both back consistently (checkpoint + the journal after it).
 * One open episode per fingerprint is enforced by the unique partial index `alert_episodes_open_uq`.
 * Transitions are the outbox of the alert stream: `published_at` stays null until the service has published
   them, so a crash between commit and publish republishes (at least once; consumers dedupe on the id).
@@ -29,6 +31,7 @@ __all__ = [
     "AlertStateError",
     "AlertTransition",
     "CommitResult",
+    "EngineRecovery",
     "EpisodeWrite",
     "Incident",
     "IncidentWrite",
@@ -281,19 +284,76 @@ async def load_engine_state(conn: asyncpg.Connection) -> dict[str, bytes]:
     return {r["key"]: bytes(r["data"]) for r in rows}
 
 
+@dataclass(slots=True)
+class EngineRecovery:
+    """What a restarting engine needs: the last checkpoint and the journal recorded after it, in order."""
+
+    state: dict[str, bytes]
+    journal_seq: int
+    """The journal position the checkpoint reflects (0 = none)."""
+    journal: list[tuple[int, bytes]]
+    """(seq, records) after `journal_seq`, oldest first."""
+
+    @property
+    def last_seq(self) -> int:
+        return self.journal[-1][0] if self.journal else self.journal_seq
+
+
+async def load_engine_recovery(conn: asyncpg.Connection) -> EngineRecovery:
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        state = await load_engine_state(conn)
+        seq = await conn.fetchval("SELECT journal_seq FROM alert_engine_checkpoint") or 0
+        rows = await conn.fetch("SELECT seq, records FROM alert_engine_journal WHERE seq > $1 ORDER BY seq", seq)
+    return EngineRecovery(state, int(seq), [(int(r["seq"]), bytes(r["records"])) for r in rows])
+
+
+async def _write_state(conn: asyncpg.Connection, state: Mapping[str, bytes | None], at: datetime) -> None:
+    upserts = sorted((k, v) for k, v in state.items() if v is not None)  # key order: no lock-order deadlock
+    deletes = sorted(k for k, v in state.items() if v is None)
+    if upserts:
+        await conn.execute(
+            "INSERT INTO alert_engine_state AS s (key, data, updated_at) "
+            "SELECT k, d, $3 FROM unnest($1::text[], $2::bytea[]) AS u(k, d) "
+            "ON CONFLICT (key) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
+            [k for k, _ in upserts], [v for _, v in upserts], at,
+        )
+    if deletes:
+        await conn.execute("DELETE FROM alert_engine_state WHERE key = ANY($1::text[])", deletes)
+
+
+async def checkpoint_engine(
+    conn: asyncpg.Connection, *, state: Mapping[str, bytes | None], journal_seq: int, taken_at: datetime
+) -> None:
+    """Write the engine state as of journal position `journal_seq` and drop the journal up to it, atomically:
+    a restart sees either the previous checkpoint with its journal, or this one with the journal after it."""
+    async with conn.transaction():
+        await _write_state(conn, state, taken_at)
+        await conn.execute(
+            "INSERT INTO alert_engine_checkpoint (id, journal_seq, taken_at) VALUES (true, $1, $2) "
+            "ON CONFLICT (id) DO UPDATE SET journal_seq = excluded.journal_seq, taken_at = excluded.taken_at",
+            journal_seq, taken_at,
+        )
+        await conn.execute("DELETE FROM alert_engine_journal WHERE seq <= $1", journal_seq)
+
+
 async def commit_alerts(
     conn: asyncpg.Connection,
     *,
     episodes: Sequence[EpisodeWrite],
     incidents: Sequence[IncidentWrite] = (),
     state: Mapping[str, bytes | None] | None = None,
+    journal: tuple[int, bytes] | None = None,
     recorded_at: datetime,
 ) -> CommitResult:
-    """Write one engine step in ONE transaction (the caller acknowledges MQTT only after this returns).
+    """Write one engine step in ONE transaction (the caller acknowledges MQTT only after this returns): its
+    transitions, incident changes, webhook outbox rows and either its journal row (`journal`: seq, records) or
+    engine state rows (`state`).
 
-    Episodes are locked by fingerprint in sorted order (no deadlock between engine and operators). A
-    transition of an episode that is no longer open (resolved by an operator meanwhile) is dropped and its
-    fingerprint reported, so the engine stands down instead of resurrecting it."""
+    Set-based: a step's transitions take a fixed number of statements whatever their count (episode updates,
+    episode inserts, transition ids, transitions, notifications). Episodes are updated in fingerprint order
+    (no deadlock between engine and operators). A transition of an episode that is no longer open (resolved by
+    an operator meanwhile) is dropped and its fingerprint reported, so the engine stands down instead of
+    resurrecting it."""
     result = CommitResult()
     async with conn.transaction():
         incident_ids: dict[str, int] = {}
@@ -301,18 +361,28 @@ async def commit_alerts(
             inc_id, payload = await _write_incident(conn, inc)
             incident_ids[inc.group_key] = inc_id
             result.published.append((inc_id, "incident", payload))
-        for ep in episodes:
-            written = await _write_episode(conn, ep, recorded_at, incident_ids)
-            if written is None:
-                result.dropped.append(ep.fingerprint)
-                continue
-            seq, payload = written
-            result.published.append((seq, "alert", payload))
-            for target in ep.notify:
+        if episodes:
+            written = await _write_episodes(conn, episodes, recorded_at, incident_ids)
+            notify_ids: list[int] = []
+            notify_targets: list[str] = []
+            notify_payloads: list[dict[str, Any]] = []
+            for ep, done in zip(episodes, written, strict=True):
+                if done is None:
+                    if ep.fingerprint not in result.dropped:
+                        result.dropped.append(ep.fingerprint)
+                    continue
+                seq, payload = done
+                result.published.append((seq, "alert", payload))
+                for target in ep.notify:
+                    notify_ids.append(seq)
+                    notify_targets.append(target)
+                    notify_payloads.append(payload)
+            if notify_ids:
                 await conn.execute(
                     "INSERT INTO alert_notifications (transition_id, target, step, payload, next_at) "
-                    "VALUES ($1, $2, 0, $3, $4) ON CONFLICT DO NOTHING",
-                    seq, target, payload, recorded_at,
+                    "SELECT t, g, 0, p, $4 FROM unnest($1::bigint[], $2::text[], $3::jsonb[]) AS u(t, g, p) "
+                    "ON CONFLICT DO NOTHING",
+                    notify_ids, notify_targets, notify_payloads, recorded_at,
                 )
         for inc in incidents:
             for target in inc.notify:
@@ -328,17 +398,12 @@ async def commit_alerts(
                         seqs[-1], target, payload, recorded_at,
                     )
         if state:
-            upserts = sorted((k, v) for k, v in state.items() if v is not None)
-            deletes = sorted(k for k, v in state.items() if v is None)
-            if upserts:
-                await conn.execute(
-                    "INSERT INTO alert_engine_state AS s (key, data, updated_at) "
-                    "SELECT k, d, $3 FROM unnest($1::text[], $2::bytea[]) AS u(k, d) "
-                    "ON CONFLICT (key) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
-                    [k for k, _ in upserts], [v for _, v in upserts], recorded_at,
-                )
-            if deletes:
-                await conn.execute("DELETE FROM alert_engine_state WHERE key = ANY($1::text[])", deletes)
+            await _write_state(conn, state, recorded_at)
+        if journal is not None:
+            await conn.execute(
+                "INSERT INTO alert_engine_journal (seq, records, recorded_at) VALUES ($1, $2, $3)",
+                journal[0], journal[1], recorded_at,
+            )
     return result
 
 
@@ -371,69 +436,167 @@ async def _write_incident(conn: asyncpg.Connection, inc: IncidentWrite) -> tuple
     return int(inc_id), payload
 
 
-async def _write_episode(
-    conn: asyncpg.Connection, ep: EpisodeWrite, recorded_at: datetime, incident_ids: Mapping[str, int]
-) -> tuple[int, dict[str, Any]] | None:
-    """Two round trips per transition: the episode row (insert or update, which also locks it), then the
-    transition row with its id drawn in the same statement."""
-    incident_id = incident_ids.get(ep.group_key) if ep.group_key else None
-    if incident_id is None and ep.group_key:
-        incident_id = await conn.fetchval(
-            "SELECT id FROM alert_incidents WHERE group_key = $1 ORDER BY id DESC LIMIT 1", ep.group_key
-        )
+@dataclass(slots=True)
+class _Segment:
+    """The transitions of one episode within one step: `new` opens it (first from_state 'ok'), otherwise it
+    continues the episode open in the database. The row gets the values of the last transition."""
+
+    new: bool
+    items: list[int]
+    episode_id: int | None = None
+    incident_id: int | None = None
     acked: dict[str, Any] | None = None
-    episode_id = None
-    if ep.from_state == "ok":
-        episode_id = await conn.fetchval(
-            "INSERT INTO alert_episodes (fingerprint, rule, kind, device_id, area, labels, state, severity, "
-            "peak_severity, level, value, threshold, message_vi, message_en, started_at, fired_at, changed_at, "
-            "resolved_at, late, muted, flapping, incident_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, "
-            "$11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) "
-            "ON CONFLICT (fingerprint) WHERE state <> 'resolved' DO NOTHING RETURNING id",
-            ep.fingerprint, ep.rule, ep.kind, ep.device_id, ep.area, ep.labels, ep.state, ep.severity,
-            ep.peak_severity, ep.level, ep.value, ep.threshold, ep.message_vi, ep.message_en, ep.started_at,
-            ep.fired_at, ep.changed_at, ep.resolved_at, ep.late, ep.muted, ep.flapping, incident_id,
-        )
-    if episode_id is None:
-        row = await conn.fetchrow(
-            "UPDATE alert_episodes SET state = $2, severity = $3, peak_severity = $4, level = $5, value = $6, "
-            "threshold = $7, message_vi = $8, message_en = $9, fired_at = $10, changed_at = $11, "
-            "resolved_at = $12, late = $13, muted = $14, flapping = $15, incident_id = coalesce($16, incident_id) "
-            "WHERE fingerprint = $1 AND state <> 'resolved' "
-            "RETURNING id, incident_id, acked_by, acked_at, ack_note, ack_expires_at",
-            ep.fingerprint, ep.state, ep.severity, ep.peak_severity, ep.level, ep.value, ep.threshold,
-            ep.message_vi, ep.message_en, ep.fired_at, ep.changed_at, ep.resolved_at, ep.late, ep.muted,
-            ep.flapping, incident_id,
-        )
+
+
+_UPDATE_EPISODES = (
+    "UPDATE alert_episodes e SET state = u.state, severity = u.severity, peak_severity = u.peak, level = u.level, "
+    "value = u.value, threshold = u.threshold, message_vi = u.mvi, message_en = u.men, fired_at = u.fired, "
+    "changed_at = u.changed, resolved_at = u.resolved, late = u.late, muted = u.muted, flapping = u.flapping, "
+    "incident_id = coalesce(u.incident, e.incident_id) "
+    "FROM unnest($1::text[], $2::text[], $3::smallint[], $4::smallint[], $5::text[], $6::float8[], $7::float8[], "
+    "$8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[], $12::timestamptz[], $13::bool[], $14::text[], "
+    "$15::bool[], $16::bigint[]) AS u(fp, state, severity, peak, level, value, threshold, mvi, men, fired, changed, "
+    "resolved, late, muted, flapping, incident) "
+    "WHERE e.fingerprint = u.fp AND e.state <> 'resolved' "
+    "RETURNING u.fp, e.id, e.incident_id, e.acked_by, e.acked_at, e.ack_note, e.ack_expires_at"
+)
+
+
+def _row_values(eps: Sequence[EpisodeWrite], incident_ids: Sequence[int | None]) -> list[list[Any]]:
+    """Columns (for unnest) of the episode UPDATE: one entry per episode, from its last transition."""
+    cols: list[list[Any]] = [[] for _ in range(16)]
+    for ep, inc in zip(eps, incident_ids, strict=True):
+        for col, value in zip(cols, (
+                ep.fingerprint, ep.state, ep.severity, ep.peak_severity, ep.level, ep.value, ep.threshold,
+                ep.message_vi, ep.message_en, ep.fired_at, ep.changed_at, ep.resolved_at, ep.late, ep.muted,
+                ep.flapping, inc), strict=True):
+            col.append(value)
+    return cols
+
+
+async def _update_open(conn: asyncpg.Connection, segs: list[_Segment], eps: Sequence[EpisodeWrite],
+                       incident_of: Mapping[int, int | None]) -> None:
+    """One UPDATE for the open episodes these segments continue (one segment per fingerprint), in fingerprint
+    order; fills in each segment's episode id, incident and acknowledgement (none found: left None)."""
+    segs = sorted(segs, key=lambda sg: eps[sg.items[-1]].fingerprint)
+    last = [eps[sg.items[-1]] for sg in segs]
+    rows = await conn.fetch(_UPDATE_EPISODES, *_row_values(last, [incident_of[sg.items[-1]] for sg in segs]))
+    by_fp = {r["fp"]: r for r in rows}
+    for sg, ep in zip(segs, last, strict=True):
+        row = by_fp.get(ep.fingerprint)
         if row is None:
-            return None  # resolved by an operator while the engine still held it open
-        episode_id = row["id"]
-        incident_id = row["incident_id"]
+            continue  # resolved by an operator while the engine still held it open
+        sg.episode_id = row["id"]
+        sg.incident_id = row["incident_id"]
         if row["acked_by"] is not None:
-            acked = {"by": row["acked_by"], "at": iso(row["acked_at"]), "note": row["ack_note"] or "",
-                     "expires_at": iso(row["ack_expires_at"])}
-    payload = {
-        "v": 1, "seq": None, "id": episode_id, "fingerprint": ep.fingerprint, "rule": ep.rule, "kind": ep.kind,
-        "device_id": ep.device_id, "device_name": "", "area": ep.area, "labels": ep.labels,
-        "severity": ep.severity, "peak_severity": ep.peak_severity, "level": ep.level, "state": ep.state,
-        "previous_state": ep.from_state, "previous_severity": ep.from_severity, "value": ep.value,
-        "threshold": ep.threshold, "unit": ep.labels.get("unit", ""), "message_vi": ep.message_vi,
-        "message_en": ep.message_en, "started_at": iso(ep.started_at), "fired_at": iso(ep.fired_at),
-        "changed_at": iso(ep.changed_at), "resolved_at": iso(ep.resolved_at), "reason": ep.reason,
-        "actor": "engine", "late": ep.late, "muted": ep.muted, "acked": acked, "incident_id": incident_id,
-        **ep.payload,
-    }
-    seq = await conn.fetchval(
-        "WITH s AS (SELECT nextval(pg_get_serial_sequence('alert_transitions', 'id')) AS id) "
-        "INSERT INTO alert_transitions (id, episode_id, ts, recorded_at, from_state, to_state, from_severity, "
-        "to_severity, reason, actor, late, muted, payload) OVERRIDING SYSTEM VALUE "
-        "SELECT s.id, $1, $2, $3, $4, $5, $6, $7, $8, 'engine', $9, $10, $11::jsonb || jsonb_build_object('seq', s.id) "
-        "FROM s RETURNING id",
-        episode_id, ep.changed_at, recorded_at, ep.from_state, ep.state, ep.from_severity, ep.severity,
-        ep.reason, ep.late, ep.muted, payload,
-    )
-    payload["seq"] = seq
-    return int(seq), payload
+            sg.acked = {"by": row["acked_by"], "at": iso(row["acked_at"]), "note": row["ack_note"] or "",
+                        "expires_at": iso(row["ack_expires_at"])}
+
+
+async def _write_episodes(
+    conn: asyncpg.Connection, eps: Sequence[EpisodeWrite], recorded_at: datetime, incident_ids: Mapping[str, int]
+) -> list[tuple[int, dict[str, Any]] | None]:
+    """Every transition of a step in a fixed number of statements; per transition (seq, payload) or None when
+    its episode is no longer open."""
+    incident_of: dict[int, int | None] = {}
+    missing = sorted({ep.group_key for ep in eps if ep.group_key and ep.group_key not in incident_ids})
+    latest: dict[str, int] = dict(incident_ids)
+    if missing:
+        found = await conn.fetch(
+            "SELECT DISTINCT ON (group_key) group_key, id FROM alert_incidents WHERE group_key = ANY($1::text[]) "
+            "ORDER BY group_key, id DESC", missing)
+        latest.update({r["group_key"]: r["id"] for r in found})
+    for i, ep in enumerate(eps):
+        incident_of[i] = latest.get(ep.group_key) if ep.group_key else None
+    # Split into episodes: a transition from `ok` opens one; the others continue the open one.
+    segments: list[_Segment] = []
+    current: dict[str, _Segment] = {}
+    for i, ep in enumerate(eps):
+        seg = current.get(ep.fingerprint)
+        if ep.from_state == "ok" or seg is None:
+            seg = _Segment(new=ep.from_state == "ok", items=[])
+            segments.append(seg)
+            current[ep.fingerprint] = seg
+        seg.items.append(i)
+        if ep.state == "resolved":
+            current.pop(ep.fingerprint, None)
+    new = [sg for sg in segments if sg.new]
+    ids = await conn.fetchrow(
+        "SELECT array(SELECT nextval(pg_get_serial_sequence('alert_episodes', 'id')) FROM generate_series(1, $1)) "
+        "AS episodes, array(SELECT nextval(pg_get_serial_sequence('alert_transitions', 'id')) "
+        "FROM generate_series(1, $2)) AS transitions", len(new), len(eps))
+    # 1. Episodes open in the database (one UPDATE), before new ones: a step can resolve one and open the next.
+    existing = [sg for sg in segments if not sg.new]
+    if existing:
+        await _update_open(conn, existing, eps, incident_of)
+    # 2. New episodes (one INSERT, ids drawn above). One already open for the fingerprint (the engine thought it
+    # closed, e.g. after a rule change) makes the insert a no-op: that segment then updates the open one.
+    if new:
+        drawn = sorted(ids["episodes"])
+        for sg, episode_id in zip(new, drawn, strict=True):
+            sg.episode_id = episode_id
+            sg.incident_id = incident_of[sg.items[-1]]
+        first = [eps[sg.items[0]] for sg in new]
+        last = [eps[sg.items[-1]] for sg in new]
+        inserted = {r["id"] for r in await conn.fetch(
+            "INSERT INTO alert_episodes (id, fingerprint, rule, kind, device_id, area, labels, state, severity, "
+            "peak_severity, level, value, threshold, message_vi, message_en, started_at, fired_at, changed_at, "
+            "resolved_at, late, muted, flapping, incident_id) OVERRIDING SYSTEM VALUE "
+            "SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], "
+            "$7::jsonb[], $8::text[], $9::smallint[], $10::smallint[], $11::text[], $12::float8[], $13::float8[], "
+            "$14::text[], $15::text[], $16::timestamptz[], $17::timestamptz[], $18::timestamptz[], "
+            "$19::timestamptz[], $20::bool[], $21::text[], $22::bool[], $23::bigint[]) "
+            "ON CONFLICT (fingerprint) WHERE state <> 'resolved' DO NOTHING RETURNING id",
+            [sg.episode_id for sg in new], [f.fingerprint for f in first], [f.rule for f in first],
+            [f.kind for f in first], [f.device_id for f in first], [f.area for f in first],
+            [f.labels for f in first], [x.state for x in last], [x.severity for x in last],
+            [x.peak_severity for x in last], [x.level for x in last], [x.value for x in last],
+            [x.threshold for x in last], [x.message_vi for x in last], [x.message_en for x in last],
+            [f.started_at for f in first], [x.fired_at for x in last], [x.changed_at for x in last],
+            [x.resolved_at for x in last], [x.late for x in last], [x.muted for x in last],
+            [x.flapping for x in last], [sg.incident_id for sg in new],
+        )}
+        for sg in new:
+            if sg.episode_id not in inserted:  # rare: continue the open one, one by one (in step order)
+                sg.episode_id = None
+                await _update_open(conn, [sg], eps, incident_of)
+    # 3. Transitions (one INSERT), ids in step order; the payload is what is published.
+    seqs = sorted(ids["transitions"])
+    out: list[tuple[int, dict[str, Any]] | None] = [None] * len(eps)
+    rows: list[tuple[Any, ...]] = []
+    for sg in segments:
+        if sg.episode_id is None:
+            continue
+        for i in sg.items:
+            ep = eps[i]
+            seq = seqs[i]
+            payload = {
+                "v": 1, "seq": seq, "id": sg.episode_id, "fingerprint": ep.fingerprint, "rule": ep.rule,
+                "kind": ep.kind, "device_id": ep.device_id, "device_name": "", "area": ep.area, "labels": ep.labels,
+                "severity": ep.severity, "peak_severity": ep.peak_severity, "level": ep.level, "state": ep.state,
+                "previous_state": ep.from_state, "previous_severity": ep.from_severity, "value": ep.value,
+                "threshold": ep.threshold, "unit": ep.labels.get("unit", ""), "message_vi": ep.message_vi,
+                "message_en": ep.message_en, "started_at": iso(ep.started_at), "fired_at": iso(ep.fired_at),
+                "changed_at": iso(ep.changed_at), "resolved_at": iso(ep.resolved_at), "reason": ep.reason,
+                "actor": "engine", "late": ep.late, "muted": ep.muted, "acked": sg.acked,
+                "incident_id": sg.incident_id if sg.incident_id is not None else incident_of[i],
+                **ep.payload,
+            }
+            out[i] = (seq, payload)
+            rows.append((seq, sg.episode_id, ep.changed_at, ep.from_state, ep.state, ep.from_severity, ep.severity,
+                         ep.reason, ep.late, ep.muted, payload))
+    if rows:
+        rows.sort()
+        cols = list(zip(*rows, strict=True))
+        await conn.execute(
+            "INSERT INTO alert_transitions (id, episode_id, ts, recorded_at, from_state, to_state, from_severity, "
+            "to_severity, reason, actor, late, muted, payload) OVERRIDING SYSTEM VALUE "
+            "SELECT i, e, t, $12, f, s, fs, ts, r, 'engine', l, m, p FROM unnest($1::bigint[], $2::bigint[], "
+            "$3::timestamptz[], $4::text[], $5::text[], $6::smallint[], $7::smallint[], $8::text[], $9::bool[], "
+            "$10::text[], $11::jsonb[]) AS u(i, e, t, f, s, fs, ts, r, l, m, p) ORDER BY i",
+            *[list(c) for c in cols], recorded_at,
+        )
+    return out
 
 
 async def unpublished(conn: asyncpg.Connection, limit: int = 1000) -> list[tuple[int, dict[str, Any], str]]:
@@ -808,12 +971,22 @@ class AlertStoreMethods:
         async with self._connection() as conn:
             return await load_engine_state(conn)
 
+    async def load_engine_recovery(self) -> EngineRecovery:
+        async with self._connection() as conn:
+            return await load_engine_recovery(conn)
+
+    async def checkpoint_engine(self, *, state: Mapping[str, bytes | None], journal_seq: int,
+                                taken_at: datetime) -> None:
+        async with self._connection() as conn:
+            await checkpoint_engine(conn, state=state, journal_seq=journal_seq, taken_at=taken_at)
+
     async def commit_alerts(
         self, *, episodes: Sequence[EpisodeWrite], incidents: Sequence[IncidentWrite] = (),
-        state: Mapping[str, bytes | None] | None = None, recorded_at: datetime,
+        state: Mapping[str, bytes | None] | None = None, journal: tuple[int, bytes] | None = None,
+        recorded_at: datetime,
     ) -> CommitResult:
         async with self._connection() as conn:
-            return await commit_alerts(conn, episodes=episodes, incidents=incidents, state=state,
+            return await commit_alerts(conn, episodes=episodes, incidents=incidents, state=state, journal=journal,
                                        recorded_at=recorded_at)
 
     async def unpublished_alert_transitions(self, limit: int = 1000) -> list[tuple[int, dict[str, Any], str]]:

@@ -470,3 +470,71 @@ def test_restore_of_the_shipped_rules_with_many_rules_per_device() -> None:
     assert restarted.open_fingerprints() == eng.open_fingerprints()
     again = {k: v for k, v in restarted.snapshot(full=True).items() if v is not None}
     assert again.keys() == state.keys()
+
+
+DEVICE_COMPOSITE = """
+rules:
+  - name: high-water
+    kind: threshold
+    select: {kind: hydromet, has: [alarm_levels_m]}
+    metric: water_level_m
+    hysteresis: 0.1
+    levels: [{name: I, severity: 1, enter: alarm_levels_m.I}]
+    internal: true
+  - name: heavy-rain
+    kind: accumulation
+    select: {kind: hydromet}
+    metric: rain_mm
+    window: 3h
+    resolution: 10m
+    levels: [{name: heavy, severity: 2, enter: 50}]
+    internal: true
+  - name: flood-risk
+    kind: composite
+    select: {kind: hydromet}
+    of: [high-water, heavy-rain]
+    scope: device
+    require: REQUIRE
+    severity: 4
+    message_en: "{name}: {count} of {need} conditions"
+"""
+WL2 = Device("WL2", "hydromet", "Sông Miện tại Quản Bạ", area="quan-ba",
+             attributes={"report_interval_s": 600, "alarm_levels_m": {"I": 50.0, "II": 51.0, "III": 52.0}})
+
+
+def test_composite_scope_device_requires_all_its_rules_on_the_same_device() -> None:
+    eng = engine(DEVICE_COMPOSITE.replace("REQUIRE", "all"), [WL, WL2])
+    eng.tick(T0)
+    eng.feed_reading("WL1", "water_level_m", T0, 99.5)       # WL1: high water, no rain yet
+    eng.feed_reading("WL2", "rain_mm", T0, 60.0)             # WL2: heavy rain, river low
+    eng.feed_reading("WL2", "water_level_m", T0, 40.0)
+    assert not eng.take().transitions, "one condition per device: nothing, and devices never pool"
+    eng.feed_reading("WL1", "rain_mm", T0 + 60, 55.0)
+    [t] = eng.take().transitions
+    assert (t.rule, t.device_id, t.area, t.state, t.severity) == ("flood-risk", "WL1", "ha-giang-city", "firing", 4)
+    assert (t.value, t.threshold) == (2.0, 2.0) and t.fingerprint == "flood-risk|WL1"
+    assert t.message_en == "Sông Lô tại Hà Giang: 2 of 2 conditions"
+    eng.feed_reading("WL1", "water_level_m", T0 + 120, 98.5)  # the river falls below its exit: one left
+    [r] = eng.take().transitions
+    assert (r.device_id, r.state) == ("WL1", "resolved")
+
+
+def test_composite_scope_device_any_and_m_of_n_and_restart() -> None:
+    any_ = engine(DEVICE_COMPOSITE.replace("REQUIRE", "any"))
+    any_.tick(T0)
+    any_.feed_reading("WL1", "rain_mm", T0, 55.0)
+    [t] = any_.take().transitions
+    assert (t.device_id, t.state, t.value, t.threshold) == ("WL1", "firing", 1.0, 1.0)
+    # m of n with a restart in between: the members seen before the restart still count after it.
+    eng = engine(DEVICE_COMPOSITE.replace("REQUIRE", "2"))
+    eng.tick(T0)
+    eng.feed_reading("WL1", "water_level_m", T0, 99.5)
+    assert not eng.take().transitions
+    state = {k: v for k, v in eng.snapshot().items() if v is not None}
+    assert "c:flood-risk|WL1" in state
+    restarted = engine(DEVICE_COMPOSITE.replace("REQUIRE", "2"))
+    restarted.restore(state)
+    restarted.tick(T0 + 30)
+    restarted.feed_reading("WL1", "rain_mm", T0 + 60, 55.0)
+    [f] = restarted.take().transitions
+    assert (f.fingerprint, f.state, f.value) == ("flood-risk|WL1", "firing", 2.0)

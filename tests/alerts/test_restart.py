@@ -71,6 +71,9 @@ def start_alerts(database_url: str, mqtt_url: str, rules_dir: Path, prefix: str,
     env = {**os.environ, "OCC_DATABASE_URL": database_url, "OCC_MQTT_URL": mqtt_url,
            "OCC_ALERTS__RULES_DIR": str(rules_dir), "OCC_ALERTS__CLOCK": "event",
            "OCC_ALERTS__CLIENT_ID": client_id, "OCC_ALERTS__HTTP_PORT": str(port), "OCC_ALERTS__TICK_MS": "100",
+           # No checkpoint while running (only the one after the replay at start): each kill -9 leaves a journal
+           # that the next start must replay exactly (tests/alerts/test_journal.py covers checkpoint + journal).
+           "OCC_ALERTS__CHECKPOINT_S": "3600",
            "OCC_MQTT__TOPIC_PREFIX": prefix, "OCC_CONFIG_DIR": str(ROOT / "config"),
            "OCC_DATABASE__TIMESCALEDB": "off", "OCC_LOG_LEVEL": "WARNING"}
     proc = subprocess.Popen([sys.executable, "-m", "occ.cli", "alerts"], env=env)
@@ -109,6 +112,8 @@ async def test_kill_9_at_any_moment_neither_refires_loses_nor_duplicates(
             publisher.publish(topic, orjson.dumps({"ts": ts, "values": {"water_level_m": value}}))
         publisher.wait()
         assert await asyncio.to_thread(recorder.wait_for, lambda ps: any(p["state"] == "pending" for p in ps), 60)
+        [journal] = await fetch(database_url, "SELECT count(*) AS n FROM alert_engine_journal")
+        assert journal["n"] > 0, "the state to recover is in the journal: the restart must replay it"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
