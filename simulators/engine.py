@@ -40,6 +40,8 @@ from simulators.timeutil import iso_local, iso_local_many
 
 LWT_DELAY_S = 90.0  # a broker notices a dead link after 1.5 × a 60 s keepalive and publishes the Last Will
 FORMS = ("object", "senml")
+REPEAT_LOOKAHEAD_S = 86400.0
+"""Occurrences of repeating effects are bound this far ahead of the simulation's time, a day at a time."""
 
 
 class Message(NamedTuple):
@@ -207,8 +209,19 @@ class Simulation:
         self._nearest_gauge = self._camera_gauges()
         self.online = np.ones(len(self.devices), dtype=bool)
         self.watch: dict[tuple[str, str], list[tuple[float, float]]] = {k: [] for k in (watch or ())}
-        self.effects = bind(scenarios, fleet, self.start, seed, reports=self.reports)
-        self._prepare_effects()
+        self.templates = bind(scenarios, fleet, self.start, seed, reports=self.reports)
+        """Every effect's first occurrence; a repeating one recurs every `period` (added as time goes on)."""
+        self.effects: list[BoundEffect] = []
+        """Occurrences bound so far (a repeating effect's are added a day ahead of the simulation)."""
+        self.rain_effects: list[tuple[BoundEffect, np.ndarray]] = []
+        self.weather_effects: list[tuple[BoundEffect, np.ndarray]] = []
+        self.traffic_effects: list[tuple[BoundEffect, np.ndarray, np.ndarray]] = []
+        self._windows: list[tuple[int, float, float, bool]] = []
+        self.scripted_events: list[tuple[float, int, dict[str, Any], float]] = []
+        self._event_ptr = 0
+        self._next_occurrence = [0] * len(self.templates)
+        self._bound_until = -math.inf
+        self._bind_occurrences(self.start + REPEAT_LOOKAHEAD_S)
 
     # ---- setup ---------------------------------------------------------------------------------------------
 
@@ -256,14 +269,41 @@ class Simulation:
     def _locals(self, devices: list[Device], kind: str) -> np.ndarray:
         return np.array(sorted(self.local[self.index[d.id]] for d in devices if d.kind == kind), dtype=np.int64)
 
-    def _prepare_effects(self) -> None:
-        self.rain_effects: list[tuple[BoundEffect, np.ndarray]] = []
-        self.weather_effects: list[tuple[BoundEffect, np.ndarray]] = []
-        self.traffic_effects: list[tuple[BoundEffect, np.ndarray, np.ndarray]] = []
-        windows: list[tuple[int, float, float, bool]] = []
+    def _bind_occurrences(self, until: float) -> None:
+        """Add every occurrence that starts before `until` and is not bound yet, and drop the ended ones."""
+        new: list[BoundEffect] = []
+        for i, template in enumerate(self.templates):
+            k = self._next_occurrence[i]
+            if template.period is None:
+                if k == 0:
+                    new.append(template)
+                    self._next_occurrence[i] = 1
+                continue
+            while template.start + k * template.period < until:
+                new.append(template.nth(k))
+                k += 1
+            self._next_occurrence[i] = k
+        self._bound_until = until
+        t = self.t
+        self.effects = [e for e in self.effects if e.period is None or e.end > t] + new
+        self.rain_effects = [x for x in self.rain_effects if x[0].end > t]
+        self.weather_effects = [x for x in self.weather_effects if x[0].end > t]
+        self.traffic_effects = [x for x in self.traffic_effects if x[0].end > t]
+        for ks in self.kinds.values():
+            # a spike may land on the first report after its window: keep a fault one more period
+            ks.faults = [f for f in ks.faults if f.effect.period is None or f.b + f.effect.period > t]
+            for g, spans in ks.sf_windows.items():
+                ks.sf_windows[g] = [w for w in spans if w[1] > t]
+        self._windows = [w for w in self._windows if w[2] > t]
+        self.scripted_events = self.scripted_events[self._event_ptr:]
+        self._event_ptr = 0
+        self._prepare_effects(new)
+
+    def _prepare_effects(self, effects: list[BoundEffect]) -> None:
+        windows = self._windows
         events: list[tuple[float, int, dict[str, Any], float]] = []
         rng = self._rng
-        for e in self.effects:
+        for e in effects:
             do = e.spec.do
             if do == "rain":
                 self.rain_effects.append((e, self._locals(e.devices, "hydromet")))
@@ -303,8 +343,7 @@ class Simulation:
         self.win_on = np.array([w[2] for w in windows], dtype=np.float64)
         self.win_silent = np.array([w[3] for w in windows], dtype=bool)
         self.silent_devices = np.unique(self.win_dev[self.win_silent])
-        events.sort(key=itemgetter(0, 1))
-        self.scripted_events = events
+        self.scripted_events = sorted([*self.scripted_events, *events], key=itemgetter(0, 1))
         self._event_ptr = 0
 
     # ---- messages ------------------------------------------------------------------------------------------
@@ -324,6 +363,8 @@ class Simulation:
     def step(self) -> list[Message]:
         """Advance one tick and return its messages, ordered by send time."""
         t0, t1 = self.t, self.t + self.tick_s
+        if t1 >= self._bound_until:
+            self._bind_occurrences(t1 + REPEAT_LOOKAHEAD_S)
         out: list[Message] = []
         self._apply_forcing(t0, t1)
         hyd = self.kinds.get("hydromet")

@@ -7,6 +7,12 @@ ISO-8601 timestamp) and a length (`for`). Scenarios compose: several may be give
 is rejected with its path, line and reason (ConfigError); a target that matches no device is an error too.
 
 Effect kinds (`do:`): rain, weather, traffic, offline, fault, store_forward, event (see simulators/README.md).
+
+Repeats: `repeat: 1d` in a scenario's header makes its own effects recur every day after their first start,
+for as long as the run lasts; an include can set it for the scenario it includes
+(`include: [{scenario: camera-outage-storm, repeat: 6h}]`), so a one-off incident file can recur inside a
+long-running one such as the demo. Each occurrence is the same effect on the same devices, shifted by a whole
+number of periods; `expect:` windows are checked in every occurrence that the run covers.
 """
 
 from __future__ import annotations
@@ -116,6 +122,8 @@ class ScenarioSpec:
     path: str
     description: str = ""
     duration: float | None = None
+    repeat: float | None = None
+    """Period (seconds) after which the scenario's own effects (and expectations) recur; None: once."""
     effects: list[EffectSpec] = field(default_factory=list)
     expects: list[ExpectSpec] = field(default_factory=list)
 
@@ -377,8 +385,49 @@ def _parse_expect(raw: Any, lines: Lines, path: str, i: int) -> ExpectSpec:
                       str(raw.get("name", f"{raw['device']} {check} {raw[check]}")), path, lines.of(*keys))
 
 
+@dataclass(frozen=True, slots=True)
+class Include:
+    """One `include:` entry: a scenario name or file, and optionally the period it recurs with."""
+
+    name: str
+    repeat: float | None = None
+    line: int | None = None
+
+
+def _parse_repeat(value: Any, lines: Lines, *keys: str | int) -> float:
+    period = _duration(value, lines, *keys)
+    if period < 60:
+        raise lines.error("repeat must be at least 1m (a period such as 6h or 1d)", *keys)
+    return period
+
+
+def _parse_include(raw: Any, lines: Lines, i: int) -> Include:
+    keys: tuple[str | int, ...] = ("scenario", "include", i)
+    if isinstance(raw, str) and raw:
+        return Include(raw, None, lines.of(*keys))
+    if isinstance(raw, dict):
+        require_keys(raw, ("scenario", "repeat"), lines, *keys)
+        name = raw.get("scenario")
+        if not isinstance(name, str) or not name:
+            raise lines.error("an include mapping needs `scenario: NAME`", *keys)
+        repeat = _parse_repeat(raw["repeat"], lines, *keys, "repeat") if "repeat" in raw else None
+        return Include(name, repeat, lines.of(*keys))
+    raise lines.error("include entries are scenario names or {scenario: NAME, repeat: PERIOD}", *keys)
+
+
+def check_repeat(spec: ScenarioSpec, lines_path: str | None = None) -> None:
+    """An effect longer than the period would overlap its own next occurrence: reject it."""
+    if spec.repeat is None:
+        return
+    for e in spec.effects:
+        if e.duration > spec.repeat:
+            raise ConfigError(
+                f"effect {e.name!r} lasts {e.duration / 3600:g} h, longer than the scenario's repeat period "
+                f"({spec.repeat / 3600:g} h): its occurrences would overlap", path=lines_path or e.path, line=e.line)
+
+
 def parse_scenario(data: Any, lines: Lines, metrics: dict[str, MetricSpec] | None = None) -> tuple[ScenarioSpec,
-                                                                                                  list[str]]:
+                                                                                                  list[Include]]:
     """Validate a parsed scenario file; returns the spec and its `include` list."""
     path = lines.path
     if not isinstance(data, dict):
@@ -387,14 +436,13 @@ def parse_scenario(data: Any, lines: Lines, metrics: dict[str, MetricSpec] | Non
     head = data.get("scenario")
     if not isinstance(head, dict):
         raise lines.error("missing `scenario:` header (name, description, duration, include)")
-    require_keys(head, ("name", "description", "duration", "include"), lines, "scenario")
+    require_keys(head, ("name", "description", "duration", "include", "repeat"), lines, "scenario")
     name = head.get("name")
     if not isinstance(name, str) or not name:
         raise lines.error("scenario needs a name", "scenario")
     duration = _duration(head["duration"], lines, "scenario", "duration") if "duration" in head else None
-    includes = _as_list(head.get("include"))
-    if any(not isinstance(x, str) for x in includes):
-        raise lines.error("include must be a list of scenario names or files", "scenario", "include")
+    repeat = _parse_repeat(head["repeat"], lines, "scenario", "repeat") if "repeat" in head else None
+    includes = [_parse_include(x, lines, i) for i, x in enumerate(_as_list(head.get("include")))]
     effects_raw = data.get("effects", []) or []
     if not isinstance(effects_raw, list):
         raise lines.error("effects must be a list", "effects")
@@ -403,7 +451,8 @@ def parse_scenario(data: Any, lines: Lines, metrics: dict[str, MetricSpec] | Non
     if not isinstance(expects_raw, list):
         raise lines.error("expect must be a list", "expect")
     expects = [_parse_expect(e, lines, path, i) for i, e in enumerate(expects_raw)]
-    spec = ScenarioSpec(name, path, str(head.get("description", "")).strip(), duration, effects, expects)
+    spec = ScenarioSpec(name, path, str(head.get("description", "")).strip(), duration, repeat, effects, expects)
+    check_repeat(spec)
     return spec, includes
 
 
@@ -422,23 +471,32 @@ def load_scenarios(names: Sequence[str], config_dir: str | Path = "config",
                    metrics: dict[str, MetricSpec] | None = None) -> list[ScenarioSpec]:
     """Load scenarios by name (config/scenarios/NAME.yaml) or path, with their includes, each file once."""
     out: list[ScenarioSpec] = []
-    seen: set[Path] = set()
+    seen: dict[Path, ScenarioSpec] = {}
 
-    def visit(name: str, stack: tuple[Path, ...]) -> None:
+    def visit(name: str, stack: tuple[Path, ...], include: Include | None = None,
+              includer: str | None = None) -> None:
         path = scenario_path(name, config_dir)
         if not path.exists():
             known = ", ".join(available_scenarios(config_dir)) or "none"
-            raise ConfigError(f"no scenario {name!r} (known: {known})", path=str(path))
+            raise ConfigError(f"no scenario {name!r} (known: {known})",
+                              path=includer or str(path), line=include.line if include else None)
         key = path.resolve()
         if key in stack:
             raise ConfigError(f"scenario include cycle: {' -> '.join(p.name for p in (*stack, key))}", path=str(path))
+        wanted = include.repeat if include is not None else None
         if key in seen:
+            if wanted is not None and seen[key].repeat != wanted:
+                raise ConfigError(f"scenario {name!r} is included twice with different repeat periods",
+                                  path=includer, line=include.line if include else None)
             return
         data, lines = load_yaml(path)
         spec, includes = parse_scenario(data, lines, metrics)
+        if wanted is not None:
+            spec.repeat = wanted  # the includer's period wins over the file's own
+            check_repeat(spec, includer)
         for inc in includes:
-            visit(inc, (*stack, key))
-        seen.add(key)
+            visit(inc.name, (*stack, key), inc, str(path))
+        seen[key] = spec
         out.append(spec)
 
     for n in names:
@@ -455,6 +513,16 @@ class BoundEffect:
     start: float
     end: float
     devices: list[Device]
+    period: float | None = None
+    """The effect recurs every `period` seconds (its scenario's repeat); None: once."""
+    occurrence: int = 0
+
+    def nth(self, k: int) -> BoundEffect:
+        """The k-th occurrence (0 is this one) of a repeating effect: same devices, shifted by k periods."""
+        if self.period is None:
+            raise ValueError(f"effect {self.spec.name!r} does not repeat")
+        shift = k * self.period
+        return BoundEffect(self.spec, self.start + shift, self.end + shift, self.devices, self.period, k)
 
 
 def select(fleet: Fleet, target: TargetSpec, rng: np.random.Generator) -> list[Device]:
@@ -518,17 +586,21 @@ def bind(specs: Sequence[ScenarioSpec], fleet: Fleet, start: float, seed: int,
                     if silent:
                         raise e.error(f"{', '.join(silent[:5])} do not report {metric}")
             begin = e.at.resolve(start)
-            bound.append(BoundEffect(e, begin, begin + e.duration, devices))
+            bound.append(BoundEffect(e, begin, begin + e.duration, devices, spec.repeat))
     return bound
 
 
 def check_expectations(specs: Sequence[ScenarioSpec], start: float,
                        series: dict[tuple[str, str], list[tuple[float, float]]],
                        fleet: Fleet) -> list[tuple[ExpectSpec, bool, str]]:
-    """Evaluate each `expect:` entry against recorded (time, value) series; returns (spec, ok, detail)."""
+    """Evaluate each `expect:` entry against recorded (time, value) series; returns (spec, ok, detail).
+
+    In a repeating scenario every occurrence whose window the recording covers is checked on its own cycle
+    (from its start to the next one's): a river that has not receded before the next flood fails there."""
     by_id = fleet.by_id()
     results: list[tuple[ExpectSpec, bool, str]] = []
     for spec in specs:
+        period = spec.repeat
         for x in spec.expects:
             points = series.get((x.device, x.metric), [])
             if not points:
@@ -536,30 +608,49 @@ def check_expectations(specs: Sequence[ScenarioSpec], start: float,
                 continue
             ts = np.array([p[0] for p in points])
             vs = np.array([p[1] for p in points])
-            lo, hi = (x.between[0].resolve(start), x.between[1].resolve(start)) if x.between else (-np.inf, np.inf)
-            if x.check == "sum_24h_above":
-                threshold = float(x.level)
-                csum = np.concatenate(([0.0], np.cumsum(vs)))
-                j = np.searchsorted(ts, ts - 86400.0, side="right")
-                sums = csum[1:] - csum[j]
-                hit = np.flatnonzero(sums > threshold)
-                when = ts[hit[0]] if hit.size else None
-                ok = when is not None and lo <= when <= hi
-                detail = "never" if when is None else f"at +{(when - start) / 3600.0:.1f} h"
-                results.append((x, ok, f"24 h sum > {threshold:g}: {detail}, max {sums.max():.1f}"))
-                continue
-            device = by_id.get(x.device)
-            levels = (device.attributes.get("alarm_levels_m") or {}) if device else {}
-            level = float(levels[x.level]) if isinstance(x.level, str) and x.level in levels else float(x.level)
-            if x.check == "crosses":
-                hit = np.flatnonzero(vs >= level)
-                when = ts[hit[0]] if hit.size else None
-            else:
-                peak = int(np.argmax(vs))
-                after = np.flatnonzero(vs[peak:] < level)
-                when = ts[peak + after[0]] if after.size and vs[peak] >= level else None
-            ok = when is not None and lo <= when <= hi
-            detail = "never" if when is None else f"at +{(when - start) / 3600.0:.1f} h"
-            window = "" if not x.between else f" (window +{(lo - start) / 3600:.1f} h … +{(hi - start) / 3600:.1f} h)"
-            results.append((x, ok, f"{x.check} {level:g}: {detail}{window}"))
+            lo0, hi0 = (x.between[0].resolve(start), x.between[1].resolve(start)) if x.between else (-np.inf, np.inf)
+            k = 0
+            while True:
+                shift = k * period if period else 0.0
+                lo, hi = lo0 + shift, hi0 + shift
+                if k > 0 and (not np.isfinite(hi) or ts[-1] < hi):
+                    break  # the recording does not cover this occurrence's window
+                cycle = (start + shift, start + shift + period) if period else (-np.inf, np.inf)
+                ok, detail = _check_one(x, ts, vs, lo, hi, cycle, start + shift, by_id)
+                results.append((x, ok, detail if k == 0 else f"occurrence {k + 1}: {detail}"))
+                if not period:
+                    break
+                k += 1
     return results
+
+
+def _check_one(x: ExpectSpec, ts: np.ndarray, vs: np.ndarray, lo: float, hi: float, cycle: tuple[float, float],
+               origin: float, by_id: dict[str, Device]) -> tuple[bool, str]:
+    inside = (ts >= cycle[0]) & (ts < cycle[1])
+    if x.check == "sum_24h_above":
+        threshold = float(x.level)
+        csum = np.concatenate(([0.0], np.cumsum(vs)))
+        j = np.searchsorted(ts, ts - 86400.0, side="right")
+        sums = csum[1:] - csum[j]
+        hit = np.flatnonzero((sums > threshold) & inside)
+        when = ts[hit[0]] if hit.size else None
+        ok = when is not None and lo <= when <= hi
+        detail = "never" if when is None else f"at +{(when - origin) / 3600.0:.1f} h"
+        top = sums[inside].max() if inside.any() else float("nan")
+        return ok, f"24 h sum > {threshold:g}: {detail}, max {top:.1f}"
+    device = by_id.get(x.device)
+    levels = (device.attributes.get("alarm_levels_m") or {}) if device else {}
+    level = float(levels[x.level]) if isinstance(x.level, str) and x.level in levels else float(x.level)
+    cts, cvs = ts[inside], vs[inside]
+    when = None
+    if x.check == "crosses":
+        hit = np.flatnonzero(cvs >= level)
+        when = cts[hit[0]] if hit.size else None
+    elif cvs.size:
+        peak = int(np.argmax(cvs))
+        after = np.flatnonzero(cvs[peak:] < level)
+        when = cts[peak + after[0]] if after.size and cvs[peak] >= level else None
+    ok = when is not None and lo <= when <= hi
+    detail = "never" if when is None else f"at +{(when - origin) / 3600.0:.1f} h"
+    window = "" if not np.isfinite(hi) else f" (window +{(lo - origin) / 3600:.1f} h … +{(hi - origin) / 3600:.1f} h)"
+    return ok, f"{x.check} {level:g}: {detail}{window}"

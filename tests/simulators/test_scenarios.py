@@ -8,20 +8,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from simhelpers import CONFIG, JULY
+from simhelpers import CONFIG, JULY, RunSim, subset
 
 from occ.errors import ConfigError
 from occ.yamlfile import parse_yaml
-from simulators.engine import Simulation
+from simulators.engine import Message, Simulation
 from simulators.fleet import Fleet
 from simulators.scenario import (
     TargetSpec,
     available_scenarios,
     bind,
+    check_expectations,
     load_scenarios,
     parse_scenario,
     select,
 )
+from simulators.timeutil import parse_timestamp
 
 SHIPPED = ["normal-day", "flash-flood-bac-quang", "camera-outage-storm", "rush-hour-jam-ql2", "sensor-faults",
            "gsm-outage", "demo"]
@@ -169,3 +171,95 @@ def test_at_forms_resolve_against_the_run_start(fleet: Fleet) -> None:
     assert starts[1] == JULY + 86400 + 6.5 * 3600
     assert starts[2] == JULY + 12 * 3600
     assert starts[3] == start + 26 * 3600
+
+
+# --- repeats (issue 10: a demo wall left running keeps showing life) ---------------------------------------
+
+REPEAT_BAD = [
+    ("too short", "scenario:\n  name: r\n  repeat: 30s\neffects: []\n", 3, "at least 1m"),
+    ("bad period", "scenario:\n  name: r\n  repeat: often\neffects: []\n", 3, "invalid duration"),
+    ("longer than the period", "scenario:\n  name: r\n  repeat: 1h\neffects:\n  - do: offline\n"
+     "    target: {kind: camera}\n    for: 2h\n", 5, "longer than the scenario's repeat period"),
+    ("include key", "scenario:\n  name: r\n  include:\n    - {scenario: normal-day, every: 1d}\neffects: []\n", 4,
+     "unknown key 'every'"),
+    ("include without name", "scenario:\n  name: r\n  include:\n    - {repeat: 1d}\neffects: []\n", 4,
+     "scenario: NAME"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "reason"), [b[1:] for b in REPEAT_BAD], ids=[b[0] for b in REPEAT_BAD])
+def test_bad_repeat_is_rejected_with_file_line_and_reason(tmp_path: Path, fleet: Fleet, text: str, line: int,
+                                                          reason: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_scenarios([str(path)], CONFIG, fleet.metrics)
+    assert err.value.path == str(path)
+    assert err.value.line == line, str(err.value)
+    assert reason in err.value.reason
+
+
+def test_an_include_that_repeats_too_fast_for_its_effects_is_rejected_at_the_include(tmp_path: Path,
+                                                                                     fleet: Fleet) -> None:
+    path = write(tmp_path, "scenario:\n  name: r\n  include:\n    - {scenario: camera-outage-storm, repeat: 10m}\n"
+                 "effects: []\n")
+    with pytest.raises(ConfigError, match="longer than the scenario's repeat period") as err:
+        load_scenarios([str(path)], CONFIG, fleet.metrics)
+    assert err.value.path == str(path)
+
+
+def test_includes_set_the_period_of_the_scenario_they_include(fleet: Fleet) -> None:
+    specs = {s.name: s for s in load_scenarios(["demo"], CONFIG, fleet.metrics)}
+    assert specs["demo"].repeat == 2 * 86400
+    assert specs["camera-outage-storm"].repeat == 6 * 3600
+    assert specs["rush-hour-jam-ql2"].repeat == 86400
+    assert specs["normal-day"].repeat is None
+    # the same file run on its own stays a one-off
+    (alone,) = load_scenarios(["camera-outage-storm"], CONFIG, fleet.metrics)
+    assert alone.repeat is None
+
+
+def offline_times(messages: list[Message], device_ids: set[str]) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {d: [] for d in device_ids}
+    for m in messages:
+        if m.channel == "status" and m.device_id in device_ids and m.payload == b"offline":
+            out[m.device_id].append(m.t)
+    return out
+
+
+def test_a_repeating_outage_recurs_every_period_on_the_same_devices(tmp_path: Path, fleet: Fleet,
+                                                                     run_sim: RunSim) -> None:
+    path = write(tmp_path, "scenario:\n  name: r\n  include:\n    - {scenario: camera-outage-storm, repeat: 6h}\n"
+                 "effects: []\n")
+    specs = load_scenarios([str(path)], CONFIG, fleet.metrics)
+    cameras = subset(fleet, kinds=["camera"])
+    sim, messages = run_sim(cameras, 26, scenarios=specs, tick_s=300.0)
+    storm = {d.id for d in sim.templates[0].devices}
+    assert len(storm) == 30
+    downs = offline_times(messages, storm)
+    for device_id, times in downs.items():
+        # outages start at +30 min + k × 6 h (within the 60 s spread), 5 of them in 26 h; random camera
+        # outages of the model may add a few more
+        scripted = [t for t in times if (t - JULY - 1800) % 21600 <= 120]
+        assert len(scripted) == 5, (device_id, [(t - JULY) / 3600 for t in times])
+        assert [round((t - JULY - 1800) / 21600) for t in scripted] == list(range(5))
+    # bounded: ended occurrences are dropped, the next day's are bound ahead
+    assert all(e.end > sim.t - 6 * 3600 for e in sim.effects)
+    assert len(sim.effects) <= 6
+
+
+def test_the_flood_of_the_demo_recurs_and_meets_its_windows_every_time(fleet: Fleet) -> None:
+    """Two demo cycles (4 days): every `expect:` window of the flood is met in both, so each flood's alerts
+    rise and resolve before the next one (the cycle check fails when a river has not receded)."""
+    specs = [s for s in load_scenarios(["demo"], CONFIG, fleet.metrics) if s.name in ("demo", "normal-day")]
+    hydromet = subset(fleet, kinds=["hydromet"])  # the flood's devices (the camera and traffic includes left out)
+    watch = [(x.device, x.metric) for s in specs for x in s.expects]
+    start = parse_timestamp("2026-12-01T03:00:00+07:00")  # the season `occ up --demo` runs in (dry)
+    sim = Simulation(hydromet, start=start, seed=3, scenarios=specs, watch=watch, tick_s=300.0)
+    for _ in sim.run_until(start + 4 * 86400 + 3600):
+        pass
+    results = check_expectations(specs, start, sim.watch, hydromet)
+    demo_expects = [x for s in specs if s.name == "demo" for x in s.expects]
+    assert len(results) == 2 * len(demo_expects)
+    failed = [f"{x.name}: {detail}" for x, ok, detail in results if not ok]
+    assert not failed, failed
+    assert sum("occurrence 2" in detail for _, _, detail in results) == len(demo_expects)
