@@ -264,21 +264,12 @@ class NaiveTarget(Target):
 async def relation_sizes(conn: asyncpg.Connection, *, timescale: bool) -> dict[str, int]:
     """Bytes of everything that holds readings or rollups, by table (heap incl. TOAST/FSM/VM) and by index;
     partitions are summed under their parent's name."""
+    out: dict[str, int] = {}
     if timescale:
-        out: dict[str, int] = {}
-        for name in ("readings",):
-            detail = await conn.fetchrow(f"SELECT * FROM hypertable_detailed_size('{name}')")
-            out[f"{name} (heap)"] = (detail["table_bytes"] or 0) + (detail["toast_bytes"] or 0)
-            out[f"{name} (indexes)"] = detail["index_bytes"] or 0
-        for view in ("readings_1m", "readings_1h", "readings_1d"):
-            row = await conn.fetchrow(
-                "SELECT format('%I.%I', materialization_hypertable_schema, materialization_hypertable_name) AS h "
-                "FROM timescaledb_information.continuous_aggregates WHERE view_name = $1",
-                view,
-            )
-            if row:
-                out[f"{view} (total)"] = await conn.fetchval("SELECT hypertable_size($1::regclass)", row["h"])
-        return out
+        # The hypertable's chunks (compressed or not) live in TimescaleDB's own schemas: summed by the extension.
+        detail = await conn.fetchrow("SELECT * FROM hypertable_detailed_size('series_readings')")
+        out["series_readings (heap)"] = (detail["table_bytes"] or 0) + (detail["toast_bytes"] or 0)
+        out["series_readings (indexes)"] = detail["index_bytes"] or 0
     rows = await conn.fetch(
         """
         WITH rel AS (
@@ -298,7 +289,12 @@ async def relation_sizes(conn: asyncpg.Connection, *, timescale: bool) -> dict[s
         GROUP BY 1
         """
     )
-    return {r["name"]: r["bytes"] for r in rows if r["bytes"]}
+    out.update(
+        (r["name"], r["bytes"])
+        for r in rows
+        if r["bytes"] and not (timescale and r["name"].startswith("series_readings "))
+    )
+    return out
 
 
 # --- measuring ------------------------------------------------------------------------------------------------
@@ -485,7 +481,7 @@ async def compress_and_measure(run: Run, fleet: Fleet) -> dict[str, Any]:
     try:
         chunks = await conn.fetch(
             "SELECT format('%I.%I', chunk_schema, chunk_name) AS c FROM timescaledb_information.chunks "
-            "WHERE hypertable_name = 'readings' AND NOT is_compressed ORDER BY range_end DESC OFFSET 1"
+            "WHERE hypertable_name = 'series_readings' AND NOT is_compressed ORDER BY range_end DESC OFFSET 1"
         )
         t = time.perf_counter()
         for row in chunks:
@@ -493,11 +489,11 @@ async def compress_and_measure(run: Run, fleet: Fleet) -> dict[str, Any]:
         seconds = time.perf_counter() - t
         stats = await conn.fetchrow(
             "SELECT sum(before_compression_total_bytes) AS before, sum(after_compression_total_bytes) AS after "
-            "FROM chunk_compression_stats('readings')"
+            "FROM chunk_compression_stats('series_readings')"
         )
         rows_compressed = await conn.fetchval(
-            "SELECT count(*) FROM readings WHERE ts < (SELECT max(range_end) FROM timescaledb_information.chunks "
-            "WHERE hypertable_name = 'readings' AND is_compressed)"
+            "SELECT count(*) FROM series_readings WHERE ts < (SELECT max(range_end) "
+            "FROM timescaledb_information.chunks WHERE hypertable_name = 'series_readings' AND is_compressed)"
         )
     finally:
         await conn.close()

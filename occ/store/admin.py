@@ -32,9 +32,9 @@ class Administration(StoreBase):
     async def maintain(self, *, now: datetime | None = None, budget_s: float = 30.0) -> MaintenanceReport:
         """Periodic housekeeping; call every few minutes from one or more processes (only one runs at a time).
 
-        Plain: partitions ahead, rows out of the default partition, partitions past retention dropped, rollups
-        of dirty hours and days recomputed. TimescaleDB: continuous aggregates refreshed for dirty hours and
-        days (the background policies handle compression and retention).
+        Plain: partitions ahead, rows out of the default partition, partitions past retention dropped.
+        TimescaleDB: the background policies compress and drop chunks. Both: 1-minute rollups past retention
+        deleted, rollups of dirty (series, hour) and (series, day) pairs recomputed.
         """
         now = now or datetime.now(UTC)
         require_aware("now", now)
@@ -56,9 +56,10 @@ class Administration(StoreBase):
                     report.partitions_dropped = parts.dropped
                     report.default_rows_relocated = parts.relocated
                     report.rollup_rows_deleted = parts.rollup_rows_deleted
+                else:  # TimescaleDB: its policies compress and drop raw chunks; 1-minute rollups go with them
+                    report.rollup_rows_deleted = await maintenance.expire_minute_rollups(conn, cutoff)
                 refreshed = await rollups.refresh(
                     conn,
-                    mode=self._mode,
                     rollup_tz=self._rollup_tz,
                     now=now,
                     grace=self.settings.rollup_grace,
@@ -118,39 +119,35 @@ class Administration(StoreBase):
             )
             if row:
                 sizes[name] = {"bytes": row["bytes"], "rows_estimate": row["rows"]}
+        # Reported under the names the views keep (readings is series_readings: its partitions on plain, its
+        # chunks on TimescaleDB, compressed or not).
         if self._mode == "plain":
-            # Reported under the names the views keep (readings is series_readings with its partitions).
-            for name, table in (
-                ("readings", "series_readings"),
-                ("readings_1m", "series_1m"),
-                ("readings_1h", "series_1h"),
-                ("readings_1d", "series_1d"),
-                ("series", "series"),
-            ):
-                row = await conn.fetchrow(
-                    "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint AS bytes, "
-                    "coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint AS rows FROM pg_class c "
-                    "WHERE c.oid = to_regclass($1) OR c.oid IN "
-                    "(SELECT inhrelid FROM pg_inherits WHERE inhparent = to_regclass($1))",
-                    table,
-                )
-                sizes[name] = {"bytes": row["bytes"], "rows_estimate": row["rows"]}
+            row = await conn.fetchrow(
+                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint AS bytes, "
+                "coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint AS rows FROM pg_class c "
+                "WHERE c.oid = 'series_readings'::regclass OR c.oid IN "
+                "(SELECT inhrelid FROM pg_inherits WHERE inhparent = 'series_readings'::regclass)"
+            )
         else:
             row = await conn.fetchrow(
-                "SELECT hypertable_size('readings') AS bytes, approximate_row_count('readings') AS rows"
+                "SELECT hypertable_size('series_readings') AS bytes, "
+                "approximate_row_count('series_readings') AS rows"
             )
-            sizes["readings"] = {"bytes": row["bytes"] or 0, "rows_estimate": row["rows"] or 0}
-            for view in ("readings_1m", "readings_1h", "readings_1d"):
-                row = await conn.fetchrow(
-                    "SELECT hypertable_size(format('%I.%I', materialization_hypertable_schema, "
-                    "materialization_hypertable_name)::regclass) AS bytes, "
-                    "approximate_row_count(format('%I.%I', materialization_hypertable_schema, "
-                    "materialization_hypertable_name)::regclass) AS rows "
-                    "FROM timescaledb_information.continuous_aggregates WHERE view_name = $1",
-                    view,
-                )
-                if row:
-                    sizes[view] = {"bytes": row["bytes"] or 0, "rows_estimate": row["rows"] or 0}
+        assert row is not None
+        sizes["readings"] = {"bytes": row["bytes"] or 0, "rows_estimate": row["rows"] or 0}
+        for name, table in (
+            ("readings_1m", "series_1m"),
+            ("readings_1h", "series_1h"),
+            ("readings_1d", "series_1d"),
+            ("series", "series"),
+        ):
+            row = await conn.fetchrow(
+                "SELECT pg_total_relation_size(c.oid) AS bytes, greatest(c.reltuples, 0)::bigint AS rows "
+                "FROM pg_class c WHERE c.oid = to_regclass($1)",
+                table,
+            )
+            if row:
+                sizes[name] = {"bytes": row["bytes"], "rows_estimate": row["rows"]}
         # Estimates are 0 until ANALYZE runs (a fresh import of 135 devices showed "~0 rows"): count small tables
         # exactly; a scan of at most EXACT_COUNT_MAX_BYTES is quick.
         for name, size in sizes.items():
@@ -160,8 +157,8 @@ class Administration(StoreBase):
         return sizes
 
     async def _oldest_reading(self, conn: asyncpg.Connection) -> datetime | None:
-        if self._mode == "timescale":
-            oldest: datetime | None = await conn.fetchval("SELECT min(ts) FROM readings")
+        if self._mode == "timescale":  # chunk exclusion: only the oldest chunk is read
+            oldest: datetime | None = await conn.fetchval("SELECT min(ts) FROM series_readings")
             return oldest
         # Plain: min(ts) of the default partition and of the oldest non-empty range partition (one scan).
         candidates = [await conn.fetchval("SELECT min(ts) FROM series_readings_default")]

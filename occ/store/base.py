@@ -40,10 +40,13 @@ class StoreBase:
         """Times `write_batch` retried inside the store (deadlock, serialization failure, a stale pooled
         connection); ingest exports it in `occ_ingest_write_retries_total`."""
         self._series_ids: dict[str, dict[str, int]] = {}
-        """Plain path: device_id -> metric -> series id. Ids never change once made, so a cache that only grows
-        is exact (bounded by the number of series, like `latest`)."""
+        """device_id -> metric -> series id. Ids never change once made, so a cache that only grows is exact
+        (bounded by the number of series, like `latest`)."""
         self._series_prefixes: dict[int, bytes] = {}
-        """Plain path: series id -> the start of its binary COPY row for `latest` (device_id, metric)."""
+        """series id -> the start of its binary COPY row for `latest` (device_id, metric); kept for every id in
+        `_series_ids`."""
+        self._series_levels: dict[int, int] = {}
+        """series id -> its rollup level, once maintenance decided it (it never changes afterwards)."""
 
     @property
     def mode(self) -> Mode:

@@ -160,26 +160,24 @@ LEVEL_1D = Level("1d", 2, None)
 
 @dataclass(frozen=True, slots=True)
 class Layout:
-    """Where a storage path keeps readings and rollups, and how a query names its series."""
+    """Where readings and rollups are kept: the same tables on both storage paths (series ids; migrations 0030 and
+    0032)."""
 
     raw: str
     rollups: dict[str, str]
-    series_ids: bool
-    """True: integer series ids (plain path, migration 0030); False: device_id and metric text (TimescaleDB)."""
 
 
-PLAIN = Layout("series_readings", {"1m": "series_1m", "1h": "series_1h", "1d": "series_1d"}, True)
-TIMESCALE = Layout("readings", {"1m": "readings_1m", "1h": "readings_1h", "1d": "readings_1d"}, False)
+SERIES = Layout("series_readings", {"1m": "series_1m", "1h": "series_1h", "1d": "series_1d"})
 
 
 @dataclass(frozen=True, slots=True)
 class Series:
-    """The series a query reads. Plain: `ids[i]` is the series of `devices[i]`; `rolled` are the ids that keep
-    the chosen rollup level (the others read raw there). TimescaleDB: ids are the device ids, all rolled."""
+    """The series a query reads: `ids[i]` is the series of `devices[i]`; `rolled` are the ids that keep the chosen
+    rollup level (the others read raw there)."""
 
     devices: list[str]
-    ids: list[int] | list[str]
-    rolled: list[int] | list[str]
+    ids: list[int]
+    rolled: list[int]
     metric: str
 
 
@@ -368,10 +366,8 @@ def _ranged(intervals: Sequence[Interval], column: str, select: str, params: _Pa
     ]
 
 
-def _keys(layout: Layout, ids: Sequence[object], metric: str, params: _Params) -> str:
-    if layout.series_ids:
-        return f"series_id = ANY({params.add(list(ids), 'integer[]')})"
-    return f"device_id = ANY({params.add(list(ids), 'text[]')}) AND metric = {params.add(metric, 'text')}"
+def _keys(ids: Sequence[int], params: _Params) -> str:
+    return f"series_id = ANY({params.add(list(ids), 'integer[]')})"
 
 
 def aggregate_query(
@@ -388,35 +384,31 @@ def aggregate_query(
     if agg not in _AGG_SQL:
         raise ValueError(f"agg must be one of {', '.join(AGGREGATES)}; got {agg!r}")
     params = _Params()
-    key = "series_id" if layout.series_ids else "device_id"
     parts: list[str] = []
     rolled = set(series.rolled)
     unrolled = [i for i in series.ids if i not in rolled]
     raw_cols = (
-        f"SELECT {key} AS sid, ts AS k, 1::bigint AS cnt, value AS sum_v, value AS min_v, value AS max_v, "
+        "SELECT series_id AS sid, ts AS k, 1::bigint AS cnt, value AS sum_v, value AS min_v, value AS max_v, "
         "value AS first_v, value AS last_v, ts AS first_ts, ts AS last_ts "
         f"FROM {layout.raw} WHERE "
     )
     if plan.level is not None and plan.rollup:
         if series.rolled:
             select = (
-                f"SELECT {key} AS sid, bucket AS k, cnt::bigint AS cnt, sum_v, min_v, max_v, first_v, last_v, "
+                "SELECT series_id AS sid, bucket AS k, cnt::bigint AS cnt, sum_v, min_v, max_v, first_v, last_v, "
                 f"first_ts, last_ts FROM {layout.rollups[plan.level.name]} "
-                f"WHERE {_keys(layout, series.rolled, series.metric, params)}"
+                f"WHERE {_keys(series.rolled, params)}"
             )
             parts += _ranged(plan.rollup, "bucket", select, params)
         if unrolled:
-            parts += _ranged(plan.rollup, "ts", raw_cols + _keys(layout, unrolled, series.metric, params), params)
+            parts += _ranged(plan.rollup, "ts", raw_cols + _keys(unrolled, params), params)
     if plan.raw and series.ids:
-        parts += _ranged(plan.raw, "ts", raw_cols + _keys(layout, series.ids, series.metric, params), params)
+        parts += _ranged(plan.raw, "ts", raw_cols + _keys(series.ids, params), params)
     if not parts:
         return "SELECT NULL::text AS device_id, NULL::timestamptz AS b, NULL::float8 AS v WHERE false", []
-    if layout.series_ids:
-        ids = params.add(list(series.ids), "integer[]")
-        devices = params.add(list(series.devices), "text[]")
-        source = f"parts JOIN unnest({ids}, {devices}) AS d(sid, device_id) USING (sid)"
-    else:
-        source = "(SELECT parts.*, sid AS device_id FROM parts) AS parts"
+    ids = params.add(list(series.ids), "integer[]")
+    devices = params.add(list(series.devices), "text[]")
+    source = f"parts JOIN unnest({ids}, {devices}) AS d(sid, device_id) USING (sid)"
     bucket = _bucket_sql(spec, "k", params)
     group = "device_id, b" if by_device else "b"
     select_device = "device_id" if by_device else "NULL::text AS device_id"
@@ -429,20 +421,14 @@ def aggregate_query(
 
 
 def raw_query(
-    layout: Layout, device_ids: Sequence[str], metric: str, start: datetime, end: datetime, limit: int | None
+    device_ids: Sequence[str], metric: str, start: datetime, end: datetime, limit: int | None
 ) -> tuple[str, list[object]]:
-    if layout.series_ids:
-        sql = (
-            "SELECT s.device_id, r.ts AS b, r.value AS v FROM series AS s "
-            "JOIN series_readings AS r ON r.series_id = s.id "
-            "WHERE s.device_id = ANY($1::text[]) AND s.metric = $2 AND r.ts >= $3 AND r.ts < $4 "
-            "ORDER BY r.ts, s.device_id"
-        )
-    else:
-        sql = (
-            "SELECT device_id, ts AS b, value AS v FROM readings "
-            "WHERE device_id = ANY($1::text[]) AND metric = $2 AND ts >= $3 AND ts < $4 ORDER BY ts, device_id"
-        )
+    sql = (
+        "SELECT s.device_id, r.ts AS b, r.value AS v FROM series AS s "
+        "JOIN series_readings AS r ON r.series_id = s.id "
+        "WHERE s.device_id = ANY($1::text[]) AND s.metric = $2 AND r.ts >= $3 AND r.ts < $4 "
+        "ORDER BY r.ts, s.device_id"
+    )
     args: list[object] = [list(device_ids), metric, start, end]
     if limit is not None:
         sql += " LIMIT $5"

@@ -47,44 +47,30 @@ async def write_settings(conn: asyncpg.Connection, settings: StoreSettings, *, t
 
 
 async def _configure_timescale(conn: asyncpg.Connection, settings: StoreSettings) -> None:
-    await conn.execute("SELECT set_chunk_time_interval('readings', $1::interval)", settings.chunk_interval)
+    """The chunk interval and the compression and retention policies of series_readings (migration 0032)."""
+    await conn.execute("SELECT set_chunk_time_interval('series_readings', $1::interval)", settings.chunk_interval)
     compress_after = timedelta(days=settings.compress_after_days)
     retention = timedelta(days=settings.retention_days)
     same = await conn.fetchval(
         "SELECT count(*) FROM timescaledb_information.jobs WHERE proc_name = 'policy_compression' "
-        "AND hypertable_name = 'readings' AND (config->>'compress_after')::interval = $1::interval",
+        "AND hypertable_name = 'series_readings' AND (config->>'compress_after')::interval = $1::interval",
         compress_after,
     )
     if not same:
         log.info("setting the readings compression policy to %s days", settings.compress_after_days)
-        await conn.execute("SELECT remove_compression_policy('readings', if_exists => true)")
+        await conn.execute("SELECT remove_compression_policy('series_readings', if_exists => true)")
         await conn.execute(
-            "SELECT add_compression_policy('readings', compress_after => $1::interval)", compress_after
+            "SELECT add_compression_policy('series_readings', compress_after => $1::interval)", compress_after
         )
     same = await conn.fetchval(
         "SELECT count(*) FROM timescaledb_information.jobs WHERE proc_name = 'policy_retention' "
-        "AND hypertable_name = 'readings' AND (config->>'drop_after')::interval = $1::interval",
+        "AND hypertable_name = 'series_readings' AND (config->>'drop_after')::interval = $1::interval",
         retention,
     )
     if not same:
         log.info("setting the readings retention policy to %s days", settings.retention_days)
-        await conn.execute("SELECT remove_retention_policy('readings', if_exists => true)")
-        await conn.execute("SELECT add_retention_policy('readings', drop_after => $1::interval)", retention)
-    # The jobs view names a continuous aggregate's job by the view (recent releases) or by its
-    # materialization hypertable (older ones): accept either.
-    same = await conn.fetchval(
-        "SELECT count(*) FROM timescaledb_information.jobs AS j WHERE j.proc_name = 'policy_retention' "
-        "AND (j.hypertable_name = 'readings_1m' OR (j.hypertable_schema, j.hypertable_name) IN ("
-        "SELECT materialization_hypertable_schema, materialization_hypertable_name "
-        "FROM timescaledb_information.continuous_aggregates WHERE view_name = 'readings_1m')) "
-        "AND (j.config->>'drop_after')::interval = $1::interval",
-        retention,
-    )
-    if not same:
-        await conn.execute("SELECT remove_retention_policy('readings_1m', if_exists => true)")
-        await conn.execute(
-            "SELECT add_retention_policy('readings_1m', drop_after => $1::interval)", retention
-        )
+        await conn.execute("SELECT remove_retention_policy('series_readings', if_exists => true)")
+        await conn.execute("SELECT add_retention_policy('series_readings', drop_after => $1::interval)", retention)
 
 
 @dataclass(slots=True)
@@ -130,6 +116,11 @@ async def maintain_partitions(
         except asyncpg.LockNotAvailableError as exc:
             log.warning("maintenance: %s postponed: %s", label, exc)
             errors.append(f"{label}: {exc}")
-    status = await conn.execute("DELETE FROM series_1m WHERE bucket < $1", cutoff)
-    result.rollup_rows_deleted = int(status.split()[-1])
+    result.rollup_rows_deleted = await expire_minute_rollups(conn, cutoff)
     return result
+
+
+async def expire_minute_rollups(conn: asyncpg.Connection, cutoff: datetime) -> int:
+    """1-minute rollups are kept as long as raw readings (hourly and daily ones outlive them)."""
+    status = await conn.execute("DELETE FROM series_1m WHERE bucket < $1", cutoff)
+    return int(status.split()[-1])

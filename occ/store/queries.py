@@ -9,19 +9,19 @@ from zoneinfo import ZoneInfo
 
 from occ.store import history as hist
 from occ.store.base import StoreBase, require_aware
+from occ.store.binary_copy import key_prefix
 from occ.store.records import DeadLetterRecord, HistoryPoint, StoredEvent
 
 _DIRTY = (
     "ARRAY(SELECT DISTINCT bucket FROM rollup_dirty WHERE bucket > $1 AND bucket < $2 ORDER BY 1) AS hours, "
     "ARRAY(SELECT day FROM rollup_dirty_days WHERE day > $3 AND day < $2 ORDER BY 1) AS days"
 )
-_PLAN_STATE_PLAIN = (
+_PLAN_STATE = (
     f"SELECT {_DIRTY}, coalesce(s.ids, '{{}}') AS ids, coalesce(s.devices, '{{}}') AS devices, "
     "coalesce(s.levels, '{}') AS levels FROM (SELECT array_agg(id ORDER BY device_id) AS ids, "
     "array_agg(device_id ORDER BY device_id) AS devices, array_agg(level ORDER BY device_id) AS levels "
     "FROM series WHERE device_id = ANY($4::text[]) AND metric = $5) AS s"
 )
-_PLAN_STATE_TIMESCALE = f"SELECT {_DIRTY}, $4::text[] AS ids, $5::text AS metric"
 
 
 class HistoryQueries(StoreBase):
@@ -102,9 +102,8 @@ class HistoryQueries(StoreBase):
             raise ValueError(f"fill must be one of None, 'null', 'previous', 'linear', 'zero'; got {fill!r}")
         zone = hist.zone(tz or self.timezone)
         spec = hist.bucket_spec(bucket, tz=zone, day_start_hour=day_start_hour)
-        layout = hist.PLAIN if self._mode == "plain" else hist.TIMESCALE
         if spec is None:
-            sql, args = hist.raw_query(layout, device_ids, metric, start, end, limit)
+            sql, args = hist.raw_query(device_ids, metric, start, end, limit)
             async with self._connection() as conn:
                 rows = await conn.fetch(sql, *args)
             raw: dict[str, list[HistoryPoint]] = {}
@@ -114,41 +113,37 @@ class HistoryQueries(StoreBase):
             return raw
         buckets = hist.enumerate_buckets(spec, start, end) if fill is not None else None
         level = hist.choose_level(spec, rollup_tz=self.rollup_timezone, start=start, end=end)
-        # Two round trips and no explicit transaction: what is pending and which series keep which level are
-        # read in ONE statement (one snapshot), then the answer. An hour refreshed in between is read raw
-        # (still exact); a late reading committed in between is simply not in this answer yet.
+        known = self._known_series(device_ids, metric)
         async with self._connection() as conn:
-            state = await conn.fetchrow(
-                _PLAN_STATE_PLAIN if self._mode == "plain" else _PLAN_STATE_TIMESCALE,
-                start - hist.HOUR,
-                end,
-                start - timedelta(days=2),
-                device_ids,
-                metric,
-            )
-            if self._mode == "plain":
-                rank = level.rank if level is not None else -1
-                levels = state["levels"]
-                ids = state["ids"]
-                series = hist.Series(
-                    list(state["devices"]),
-                    list(ids),
-                    [i for i, lv in zip(ids, levels, strict=True) if lv is not None and lv <= rank],
-                    metric,
-                )
+            if known is not None and (level is None or all(lv > level.rank for lv in known[2])):
+                # No requested series keeps this rollup level (a 10-minute station has no hourly rollups): the
+                # answer is raw readings whatever is pending, so ONE round trip (issue 12 item 4).
+                series = hist.Series(known[0], known[1], [], metric)
+                plan = hist.plan_ranges(start, end, None, rollup_tz=self._rollup_tz)
             else:
-                series = hist.Series(device_ids, device_ids, device_ids if level else [], metric)
-            if not series.rolled:
-                level = None
-            plan = hist.plan_ranges(
-                start,
-                end,
-                level,
-                rollup_tz=self._rollup_tz,
-                dirty_hours=state["hours"] if level is not None else [],
-                dirty_days=state["days"] if level is not None and level.step is None else [],
+                # Two round trips and no explicit transaction: what is pending and which series keep which level
+                # are read in ONE statement (one snapshot), then the answer. An hour refreshed in between is read
+                # raw (still exact); a late reading committed in between is simply not in this answer yet.
+                state = await conn.fetchrow(
+                    _PLAN_STATE, start - hist.HOUR, end, start - timedelta(days=2), device_ids, metric
+                )
+                assert state is not None
+                ids, devices, levels = list(state["ids"]), list(state["devices"]), list(state["levels"])
+                self._remember_series(devices, metric, ids, levels)
+                rank = level.rank if level is not None else -1
+                rolled = [i for i, lv in zip(ids, levels, strict=True) if lv is not None and lv <= rank]
+                series = hist.Series(devices, ids, rolled, metric)
+                plan = hist.plan_ranges(
+                    start,
+                    end,
+                    level if rolled else None,
+                    rollup_tz=self._rollup_tz,
+                    dirty_hours=state["hours"] if level is not None else [],
+                    dirty_days=state["days"] if level is not None and level.step is None else [],
+                )
+            sql, args = hist.aggregate_query(
+                spec, plan, layout=hist.SERIES, series=series, agg=agg, by_device=by_device
             )
-            sql, args = hist.aggregate_query(spec, plan, layout=layout, series=series, agg=agg, by_device=by_device)
             rows = await conn.fetch(sql, *args) if series.ids else []
         grouped: dict[str, dict[datetime, float | None]] = {}
         for row in rows:
@@ -164,6 +159,29 @@ class HistoryQueries(StoreBase):
         if limit is not None:
             result = {key: points[:limit] for key, points in result.items()}
         return result
+
+    def _known_series(self, device_ids: list[str], metric: str) -> tuple[list[str], list[int], list[int]] | None:
+        """(devices, ids, levels) from this process's caches when every requested series is known and has its
+        level decided (both never change once set), else None."""
+        ids: list[int] = []
+        levels: list[int] = []
+        cached_ids, cached_levels = self._series_ids, self._series_levels
+        for device in device_ids:
+            sid = cached_ids.get(device, {}).get(metric)
+            level = cached_levels.get(sid) if sid is not None else None
+            if level is None:
+                return None
+            ids.append(sid)  # type: ignore[arg-type]
+            levels.append(level)
+        return device_ids, ids, levels
+
+    def _remember_series(self, devices: list[str], metric: str, ids: list[int], levels: list[int | None]) -> None:
+        for device, sid, level in zip(devices, ids, levels, strict=True):
+            # The write path expects a COPY prefix for every id it finds in this cache.
+            self._series_prefixes.setdefault(sid, key_prefix(device, metric))
+            self._series_ids.setdefault(device, {})[metric] = sid
+            if level is not None:
+                self._series_levels[sid] = level
 
     async def events(
         self,

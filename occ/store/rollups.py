@@ -1,8 +1,7 @@
 """Rollup bookkeeping: which hours a batch touched (hot path), and refreshing them (maintenance).
 
-Both storage modes track dirty hours the same way (see 0001_core.sql, `rollup_dirty`): on plain PostgreSQL
-maintenance recomputes them with occ_refresh_range()/occ_refresh_days(); on TimescaleDB it calls
-refresh_continuous_aggregate() for them, which also catches backfill older than the refresh policies' windows.
+Both storage paths keep the same rollup tables (series_1m/1h/1d, platform-maintained; migrations 0030, 0032)
+and track dirty hours the same way (0001_core.sql `rollup_dirty`, and since 0033 the series each batch touched).
 An hour is refreshed once it is `grace` past its end, so live ingest does not recompute the current hour over
 and over; until then history reads it raw. A day is refreshed once it is over (plus the grace) and none of its
 hours is pending.
@@ -12,40 +11,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from occ.models import ReadingRow
-from occ.store.history import HOUR, coalesce, local_day_floor, local_day_next
-from occ.store.records import Mode
+from occ.store.history import HOUR, coalesce, local_day_floor
 
 log = logging.getLogger(__name__)
 
-_HOUR_S = 3600
-_SMALL_SPAN_HOURS = 3
-
-
-def hour_floor(t: datetime) -> datetime:
-    return datetime.fromtimestamp((int(t.timestamp()) // _HOUR_S) * _HOUR_S, UTC)
-
-
-def dirty_hours(rows: Sequence[ReadingRow]) -> list[datetime]:
-    """The UTC hours a batch touches. Cheap for the usual batch (a few hours of live data: min/max only);
-    a batch spanning more (store-and-forward backfill) takes a pass over its timestamps."""
-    if not rows:
-        return []
-    stamps = [row[2] for row in rows]
-    first = hour_floor(min(stamps))
-    last = hour_floor(max(stamps))
-    span = int((last - first) / HOUR)
-    if span <= _SMALL_SPAN_HOURS:
-        return [first + i * HOUR for i in range(span + 1)]
-    hours = {int(t.timestamp()) // _HOUR_S for t in stamps}
-    return [datetime.fromtimestamp(h * _HOUR_S, UTC) for h in sorted(hours)]
+SMALL_SPAN_HOURS = 3
+"""A batch spanning at most this many hours marks every hour in between dirty (live data; a superset is
+harmless); a longer one (a backfill) marks exactly the hours it has readings in."""
 
 
 @dataclass(slots=True)
@@ -59,20 +37,34 @@ class RefreshResult:
     classified: int = 0
 
 
-def _ts_literal(t: datetime) -> str:
-    return "'" + t.astimezone(UTC).isoformat() + "'::timestamptz"
+WHOLE_SHARE = 0.5
+"""A dirty hour or day is recomputed for every series in one range pass when its batches touched at least this
+share of all series (a live hour); below it, only the touched (series, bucket) pairs are, one index range scan
+each (a backfill). Either way the result is the same; only the cost differs."""
 
-
-async def _refresh_caggs(conn: asyncpg.Connection, view: str, ranges: Sequence[tuple[datetime, datetime]]) -> None:
-    # CALL cannot run inside a transaction block; this connection is in autocommit here.
-    for lo, hi in ranges:
-        await conn.execute(f"CALL refresh_continuous_aggregate('{view}', {_ts_literal(lo)}, {_ts_literal(hi)})")
+_DIRTY_HOURS = (
+    "SELECT g.bucket, g.ids, g.whole, CASE WHEN g.whole THEN 0 ELSE ("
+    " SELECT count(DISTINCT u.sid) FROM rollup_dirty AS d CROSS JOIN LATERAL unnest(d.series) AS u(sid)"
+    " WHERE d.id = ANY(g.ids)) END AS touched "
+    "FROM (SELECT bucket, array_agg(id) AS ids, bool_or(series IS NULL) AS whole FROM rollup_dirty "
+    "WHERE bucket <= $1 GROUP BY bucket ORDER BY bucket LIMIT $2) AS g ORDER BY g.bucket"
+)
+# A day is computed once it is over (plus the grace) and its hours are clean: recomputing the current day at
+# every run would read its raw readings again and again (~24x the upkeep of computing it once). Until then
+# history reads the day raw (or from its hours), which costs about as little.
+_READY_DAYS = (
+    "SELECT d.day, d.series IS NULL AS whole, coalesce(cardinality(d.series), 0) AS touched "
+    "FROM rollup_dirty_days AS d "
+    "WHERE ((d.day AT TIME ZONE $1) + interval '1 day') AT TIME ZONE $1 <= $3 AND NOT EXISTS ("
+    " SELECT 1 FROM rollup_dirty AS h WHERE h.bucket >= d.day"
+    " AND h.bucket < ((d.day AT TIME ZONE $1) + interval '1 day') AT TIME ZONE $1"
+    ") ORDER BY d.day LIMIT $2"
+)
 
 
 async def refresh(
     conn: asyncpg.Connection,
     *,
-    mode: Mode,
     rollup_tz: ZoneInfo,
     now: datetime,
     grace: timedelta,
@@ -85,7 +77,11 @@ async def refresh(
 
     Each call refreshes at least one batch of hours and then at least one batch of days, whatever the deadline:
     a backlog of hours that takes the whole budget (a backfill, a slow disk) must not starve the days, or daily
-    rollups would never complete while data keeps arriving (issue 9 item 7)."""
+    rollups would never complete while data keeps arriving (issue 9 item 7).
+
+    Work is proportional to what changed: an hour or day that most series touched is recomputed in one range
+    pass (occ_refresh_range / occ_refresh_days); one that few series touched (a backfill) only for those series
+    (occ_refresh_series_hours / occ_refresh_series_days, migration 0033)."""
     result = RefreshResult()
     if retention_cutoff is not None:
         # Raw data before the cutoff is gone (or going): recomputing would only erase good rollups.
@@ -93,63 +89,51 @@ async def refresh(
         result.dropped += int(status.split()[-1])
         status = await conn.execute("DELETE FROM rollup_dirty_days WHERE day < $1", retention_cutoff)
         result.dropped += int(status.split()[-1])
-    if mode == "plain":
-        # Series that have just reached two readings get their rollup level (and their hours marked dirty).
-        result.classified = await conn.fetchval("SELECT occ_classify_series()")
+    # Series that have just reached two readings get their rollup level (and their hours marked dirty).
+    result.classified = await conn.fetchval("SELECT occ_classify_series()")
+    whole_from = max(1, int(WHOLE_SHARE * await conn.fetchval("SELECT count(*) FROM series")))
     ready_before = now - grace - HOUR
     first = True
     while first or time.monotonic() < deadline:
         first = False
-        rows = await conn.fetch(
-            "SELECT bucket, array_agg(id) AS ids FROM rollup_dirty WHERE bucket <= $1 "
-            "GROUP BY bucket ORDER BY bucket LIMIT $2",
-            ready_before,
-            batch_hours,
-        )
+        rows = await conn.fetch(_DIRTY_HOURS, ready_before, batch_hours)
         if not rows:
             break
+        whole = [row["whole"] or row["touched"] >= whole_from for row in rows]
         hours = [row["bucket"] for row in rows]
         ids = [i for row in rows for i in row["ids"]]
-        days = sorted({local_day_floor(h, rollup_tz) for h in hours})
-        if mode == "timescale":
-            ranges = coalesce([(h, h + HOUR) for h in hours])
-            await _refresh_caggs(conn, "readings_1m", ranges)
-            await _refresh_caggs(conn, "readings_1h", ranges)
+        partial_ids = [i for row, w in zip(rows, whole, strict=True) if not w for i in row["ids"]]
         async with conn.transaction():
-            if mode == "plain":  # one pass per run of consecutive hours, not one per hour (0006_refresh_ranges)
-                for lo, hi in coalesce([(h, h + HOUR) for h in hours]):
-                    await conn.execute("SELECT occ_refresh_range($1, $2)", lo, hi)
-            await conn.execute("DELETE FROM rollup_dirty WHERE id = ANY($1::bigint[])", ids)
+            # One pass per run of consecutive whole hours, not one per hour (0006_refresh_ranges).
+            for lo, hi in coalesce([(h, h + HOUR) for h, w in zip(hours, whole, strict=True) if w]):
+                await conn.execute("SELECT occ_refresh_range($1, $2)", lo, hi)
+            if partial_ids:
+                await conn.execute("SELECT occ_refresh_series_hours($1::bigint[])", partial_ids)
             await conn.execute(
-                "INSERT INTO rollup_dirty_days (day) SELECT unnest($1::timestamptz[]) ON CONFLICT DO NOTHING",
-                days,
+                "SELECT occ_mark_days($1::timestamptz[], $2::timestamptz[], $3::boolean[], $4::bigint[])",
+                hours,
+                [local_day_floor(h, rollup_tz) for h in hours],
+                whole,
+                partial_ids,
             )
+            await conn.execute("DELETE FROM rollup_dirty WHERE id = ANY($1::bigint[])", ids)
         result.hours += len(hours)
     first = True
     while first or time.monotonic() < deadline:
         first = False
-        # A day is computed once it is over (plus the grace) and its hours are clean: recomputing the current
-        # day at every run would read its raw readings again and again (~24x the upkeep of computing it once).
-        # Until then history reads the day raw (or from its hours), which costs about as little.
-        rows = await conn.fetch(
-            "SELECT d.day FROM rollup_dirty_days AS d "
-            "WHERE ((d.day AT TIME ZONE $1) + interval '1 day') AT TIME ZONE $1 <= $3 AND NOT EXISTS ("
-            " SELECT 1 FROM rollup_dirty AS h WHERE h.bucket >= d.day"
-            " AND h.bucket < ((d.day AT TIME ZONE $1) + interval '1 day') AT TIME ZONE $1"
-            ") ORDER BY d.day LIMIT $2",
-            rollup_tz.key,
-            batch_hours,
-            now - grace,
-        )
+        rows = await conn.fetch(_READY_DAYS, rollup_tz.key, batch_hours, now - grace)
         if not rows:
             break
         days = [row["day"] for row in rows]
-        if mode == "timescale":
-            ranges = coalesce([(d, local_day_next(d, rollup_tz)) for d in days])
-            await _refresh_caggs(conn, "readings_1d", ranges)
+        whole_days = [row["day"] for row in rows if row["whole"] or row["touched"] >= whole_from]
+        partial_days = [row["day"] for row in rows if not (row["whole"] or row["touched"] >= whole_from)]
         async with conn.transaction():
-            if mode == "plain":
-                await conn.execute("SELECT occ_refresh_days($1::timestamptz[], $2)", days, rollup_tz.key)
+            if whole_days:
+                await conn.execute("SELECT occ_refresh_days($1::timestamptz[], $2)", whole_days, rollup_tz.key)
+            if partial_days:
+                await conn.execute(
+                    "SELECT occ_refresh_series_days($1::timestamptz[], $2)", partial_days, rollup_tz.key
+                )
             await conn.execute("DELETE FROM rollup_dirty_days WHERE day = ANY($1::timestamptz[])", days)
         result.days += len(days)
     row = await conn.fetchrow("SELECT count(DISTINCT bucket) AS n, min(bucket) AS oldest FROM rollup_dirty")

@@ -30,11 +30,6 @@ _WRITE_ATTEMPTS = 3
 # key order, and write_batch runs them in one fixed table order (readings, latest, events, device_status,
 # devices), so two transactions can wait on each other but never in a cycle. Within a key, `seq` keeps the
 # batch order, so the first occurrence of a reading repeated inside a batch is the one stored.
-_INSERT_FROM_STAGING = (
-    "INSERT INTO readings (device_id, metric, ts, value, quality) "
-    "SELECT device_id, metric, ts, value, quality FROM occ_staging ORDER BY device_id, metric, ts, seq "
-    "ON CONFLICT (device_id, metric, ts) DO NOTHING"
-)
 # The batch's newest reading per key arrives by COPY (about half the client CPU of array parameters).
 # Keys sorted so that concurrent workers lock `latest` rows in the same order (no deadlocks).
 _UPSERT_LATEST = (
@@ -43,7 +38,7 @@ _UPSERT_LATEST = (
     "ON CONFLICT (device_id, metric) DO UPDATE SET ts = excluded.ts, value = excluded.value, "
     "quality = excluded.quality, received_at = excluded.received_at WHERE excluded.ts > l.ts"
 )
-# Plain path (migration 0030): readings are stored under integer series ids.
+# Readings are stored under integer series ids on both storage paths (migrations 0030, 0032).
 _INSERT_SERIES_FROM_STAGING = (
     "INSERT INTO series_readings (ts, value, series_id, quality) "
     "SELECT ts, value, series_id, quality FROM occ_series_staging ORDER BY series_id, ts, seq "
@@ -58,26 +53,16 @@ _REGISTER_SERIES = (
     "SELECT id, device_id, metric FROM ins UNION ALL "
     "SELECT s.id, s.device_id, s.metric FROM series AS s JOIN k USING (device_id, metric)"
 )
-_INSERT_DIRTY = "INSERT INTO rollup_dirty (bucket) SELECT unnest($1::timestamptz[])"
+# Every hour the batch touched, each with the series it touched (sorted, as an array literal: asyncpg's list
+# encoder checks every element against an ABC, ~0.3 µs each): maintenance recomputes only those (series, hour)
+# pairs when few series changed (a backfill; migration 0033).
+_INSERT_DIRTY = "INSERT INTO rollup_dirty (bucket, series) SELECT unnest($1::timestamptz[]), $2::text::integer[]"
 _INSERT_EVENTS = (
     "INSERT INTO events (device_id, ts, type, data, received_at) "
     "SELECT d, t, y, j, $5 "
     "FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::jsonb[]) AS u(d, t, y, j) "
     "ORDER BY d, t, y ON CONFLICT (device_id, ts, type) DO NOTHING"
 )
-
-
-def _latest_rows(rows: Sequence[ReadingRow]) -> list[ReadingRow]:
-    """Newest reading per (device, metric) in the batch. On equal timestamps the first occurrence wins, like
-    the stored reading does."""
-    best: dict[tuple[str, str], ReadingRow] = {}
-    get = best.get
-    for row in rows:
-        key = (row[0], row[1])
-        current = get(key)
-        if current is None or row[2] > current[2]:
-            best[key] = row
-    return list(best.values())
 
 
 class Writes(StoreBase):
@@ -104,11 +89,10 @@ class Writes(StoreBase):
         """
         require_aware("received_at", received_at)
         rows = rows if isinstance(rows, list) else list(rows)
-        plain = self._mode == "plain"
-        # Plain path: the batch as sorted binary COPY columns (occ/store/binary_copy.py), which also give the
-        # newest reading per series and the hours touched; the TimescaleDB path keeps the row form.
-        latest = [] if plain else _latest_rows(rows)
-        hours = [] if plain else rollups.dirty_hours(rows)
+        # The batch as sorted binary COPY columns (occ/store/binary_copy.py), which also give the newest reading
+        # per series, the series touched and the hours touched (both storage paths: series_readings).
+        hours: list[datetime] = []
+        touched = ""
         event_list = list(events)
         status_list = sorted(statuses, key=lambda s: (s.device_id, s.ts))
         letters = [
@@ -128,32 +112,23 @@ class Writes(StoreBase):
         while True:
             try:
                 async with self._connection() as conn:
-                    if plain and columns is None and rows:
+                    if columns is None and rows:
                         columns = SeriesColumns.build(await self._series_id_list(conn, rows), rows)
-                        hours = columns.hours(rollups._SMALL_SPAN_HOURS)
+                        hours = columns.hours(rollups.SMALL_SPAN_HOURS)
                         newest = columns.newest()
+                        series = columns.series_id[newest].tolist()  # each series once, ascending
+                        touched = "{" + ",".join(map(str, series)) + "}"
                         prefixes = self._series_prefixes
                         # a memoryview: asyncpg takes bytes for a file name (os.fspath)
-                        latest_copy = memoryview(latest_payload(
-                            [prefixes[s] for s in columns.series_id[newest].tolist()], columns, newest))
+                        latest_copy = memoryview(latest_payload([prefixes[s] for s in series], columns, newest))
                     async with conn.transaction():
-                        if plain:
-                            inserted = await self._insert_series_readings(conn, columns)
-                            if latest_copy is not None:
-                                await conn.copy_to_table(
-                                    "occ_latest_staging", source=latest_copy, columns=READING_COLUMNS,
-                                    format="binary",
-                                )
-                                await conn.execute(_UPSERT_LATEST, received_at)
-                        else:
-                            inserted = await self._insert_readings(conn, rows)
-                        if latest:
-                            await conn.copy_records_to_table(
-                                "occ_latest_staging", records=latest, columns=READING_COLUMNS
+                        inserted = await self._insert_series_readings(conn, columns)
+                        if inserted and latest_copy is not None:  # a pure redelivery changes nothing more
+                            await conn.copy_to_table(
+                                "occ_latest_staging", source=latest_copy, columns=READING_COLUMNS, format="binary"
                             )
                             await conn.execute(_UPSERT_LATEST, received_at)
-                        if hours:
-                            await conn.execute(_INSERT_DIRTY, hours)
+                            await conn.execute(_INSERT_DIRTY, hours, touched)
                         events_inserted = await self._insert_events(conn, event_list, received_at)
                         changes = await self._apply_statuses(conn, status_list, received_at)
                         if letters:
@@ -212,7 +187,8 @@ class Writes(StoreBase):
     async def _insert_series_readings(conn: asyncpg.Connection, columns: SeriesColumns | None) -> int:
         if columns is None or not len(columns):
             return 0
-        # As _insert_readings: COPY in key order (series_id, ts) inside a savepoint, staging on a duplicate.
+        # Fast path: COPY in key order (series_id, ts) inside a savepoint; almost every batch is new data. On a
+        # duplicate (redelivery, device retries, a key twice in the batch): stage, insert only new rows.
         # One binary COPY stream serves both (a stable sort keeps the first occurrence of a key first, which
         # the staging insert's ORDER BY ..., seq then stores).
         payload = memoryview(columns.payload())  # not bytes: asyncpg takes bytes for a file name (os.fspath)
@@ -224,23 +200,6 @@ class Writes(StoreBase):
             pass
         await conn.copy_to_table("occ_series_staging", source=payload, columns=SERIES_COLUMNS, format="binary")
         return rowcount(await conn.execute(_INSERT_SERIES_FROM_STAGING))
-
-    @staticmethod
-    async def _insert_readings(conn: asyncpg.Connection, rows: list[ReadingRow]) -> int:
-        if not rows:
-            return 0
-        # Fast path: COPY straight into readings, inside a savepoint. Almost every batch is new data. Sorted, so
-        # that two writers inserting overlapping keys (a redelivery, two simulators) wait instead of deadlocking
-        # (~0.1 µs per reading). Duplicates inside the batch fail this path, so their order does not matter here.
-        try:
-            async with conn.transaction():
-                await conn.copy_records_to_table("readings", records=sorted(rows), columns=READING_COLUMNS)
-            return len(rows)
-        except asyncpg.UniqueViolationError:
-            pass
-        # Slow path (redelivery, device retries, duplicates inside the batch): stage, insert only new rows.
-        await conn.copy_records_to_table("occ_staging", records=rows, columns=READING_COLUMNS)
-        return rowcount(await conn.execute(_INSERT_FROM_STAGING))
 
     @staticmethod
     async def _insert_events(conn: asyncpg.Connection, events: list[Event], received_at: datetime) -> int:
