@@ -160,3 +160,77 @@ async def test_operator_sees_flood_alert_acknowledges_and_kiosk_reconnects(
     finally:
         await web.stop()
     assert offsite == [], f"the page requested something off the server: {offsite}"
+
+
+async def test_5000_devices_render_cluster_and_counts_add_up(
+    store: Store, database_url: str, mqtt_url: str, mqtt_services_url: str, browser: Any
+) -> None:
+    """5,000 stations (plus the 3 seeded devices) on the kiosk wall: every one reaches the cluster layer, the
+    numbers on the cluster icons plus the single markers add up to the devices in view, an alert colours the
+    cluster that holds its device, and drilling down reaches the device's own coloured marker."""
+    import random
+
+    from occ.models import Device
+
+    rng = random.Random(10)
+    many = [Device(f"HG-MANY-{i:04d}", "hydromet", f"Trạm {i}", 22.55 + rng.random() * 0.5,
+                   104.65 + rng.random() * 0.6, "bac-quang") for i in range(5000)]
+    await store.upsert_devices(many)
+    total = 5003
+    viewer = await store.users.get("viewer")
+    assert viewer is not None
+    token = new_token()
+    await store.users.add_token(viewer.id, token_hash(token), kind="kiosk",
+                                expires_at=datetime.now(UTC) + timedelta(days=1))
+    web = await start_web(database_url, mqtt_services_url, store)
+    origin = f"http://127.0.0.1:{web.bound_port}"
+    count_script = """() => {
+        const bounds = map.getBounds();
+        let inView = 0;
+        for (const d of state.devices.values()) if (d.marker && bounds.contains(d.marker.getLatLng())) inView += 1;
+        let clustered = 0;
+        document.querySelectorAll(".cluster").forEach((el) => { clustered += Number(el.textContent); });
+        return { inView, clustered, icons: document.querySelectorAll(".cluster").length,
+                 singles: document.querySelectorAll(".dev").length, layer: cluster.getLayers().length };
+    }"""
+    try:
+        page = await browser.new_page(viewport={"width": 1920, "height": 1080})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await page.goto(f"{origin}/kiosk?token={token}")
+        await page.wait_for_url(f"{origin}/?kiosk=1")
+        await page.wait_for_function(
+            f"document.querySelector('#kpi-online .kpi-value').textContent.includes('/ {total}')")
+        await page.wait_for_function(f"cluster.getLayers().length === {total}", timeout=60_000)
+        await page.wait_for_timeout(500)  # let the last chunk's icons reach the DOM
+        counts = await page.evaluate(count_script)
+        assert counts["layer"] == total
+        assert counts["inView"] == total, counts  # the province view shows every device
+        assert counts["clustered"] + counts["singles"] == total, counts
+        assert 0 < counts["icons"] and counts["icons"] + counts["singles"] < 500, counts  # clustered, not 5,000 icons
+        await shot(page, "wall-5000-devices")
+
+        publisher = Publisher(mqtt_url)
+        try:
+            alert = {"v": 1, "seq": 1, "id": 7001, "device_id": "HG-MANY-0042", "area": "bac-quang",
+                     "state": "firing", "previous_state": "pending", "severity": 5, "value": 180.0,
+                     "threshold": 100.0, "changed_at": datetime.now(UTC).isoformat()}
+            publisher.publish("occ/v1/_sys/alerts/bac-quang/HG-MANY-0042", orjson.dumps(alert))
+        finally:
+            publisher.close()
+        holder = """() => {
+            const parent = cluster.getVisibleParent(state.devices.get("HG-MANY-0042").marker);
+            const el = parent && parent._icon && parent._icon.firstElementChild;
+            return el ? el.className : null;
+        }"""
+        await page.wait_for_function(f"({holder})() !== null && ({holder})().includes('sev-5')", timeout=10_000)
+        counts = await page.evaluate(count_script)
+        assert counts["clustered"] + counts["singles"] == total, counts  # refreshing a cluster lost or doubled none
+        assert await page.locator(".cluster.sev-5").count() >= 1
+        await page.evaluate("""() => new Promise((done) =>
+            cluster.zoomToShowLayer(state.devices.get("HG-MANY-0042").marker, done))""")
+        await page.locator(".dev.sev-5[data-device='HG-MANY-0042']").wait_for(timeout=10_000)
+        await shot(page, "wall-5000-drilled-down")
+        assert not errors, errors
+    finally:
+        await web.stop()
