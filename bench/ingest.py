@@ -114,6 +114,8 @@ class Options:
     profile_dir: str | None = None
     phases: frozenset[str] = frozenset(PHASES)
     latency_rate: float | None = None
+    ingest_settings: tuple[tuple[str, str], ...] = ()
+    """`--set ingest.linger_ms=5`: settings of the ingest processes (as OCC_INGEST__LINGER_MS)."""
 
     @classmethod
     def parse(cls, argv: Sequence[str] | None) -> Options:
@@ -135,7 +137,16 @@ class Options:
         p.add_argument("--phases", default=",".join(PHASES),
                        help=f"comma-separated subset of {','.join(PHASES)} (default: all)")
         p.add_argument("--latency-rate", type=float, help="msg/s for the latency run (default: half of (a))")
+        p.add_argument("--latency-seconds", type=float, help="length of each latency run (20; 6 with --quick)")
+        p.add_argument("--set", action="append", default=[], metavar="ingest.KEY=VALUE",
+                       help="an ingest setting for every worker, e.g. ingest.linger_ms=5 (repeatable)")
         a = p.parse_args(argv)
+        settings = []
+        for item in a.set:
+            key, eq, value = item.partition("=")
+            if not eq or not key.startswith("ingest.") or len(key.split(".")) != 2:
+                p.error(f"--set expects ingest.KEY=VALUE, got {item!r}")
+            settings.append((key.split(".")[1], value))
         phases = frozenset(x.strip() for x in a.phases.split(",") if x.strip())
         if not phases <= set(PHASES):
             p.error(f"unknown phase(s): {', '.join(sorted(phases - set(PHASES)))}")
@@ -150,7 +161,8 @@ class Options:
             p.error(f"--transports expects native and/or paho, got {a.transports!r}")
         o = cls(quick=a.quick, publishers=a.publishers, devices=a.devices, workers=worker_counts[0], keep=a.keep,
                 profile_dir=a.profile_dir, phases=phases, latency_rate=a.latency_rate, worker_counts=worker_counts,
-                transports=transports, foreign_load=max(0.0, min(1.0, a.foreign_load)))
+                transports=transports, foreign_load=max(0.0, min(1.0, a.foreign_load)),
+                ingest_settings=tuple(settings))
         if a.quick:
             o.duration, o.warmup, o.backfill_messages, o.latency_s = 8.0, 3.0, 30_000, 6.0
             o.baseline_s, o.copy_rows, o.sub_messages = 5.0, 200_000, 50_000
@@ -159,6 +171,8 @@ class Options:
             o.warmup = min(o.warmup, a.duration / 4)
         if a.backfill_messages:
             o.backfill_messages = a.backfill_messages
+        if a.latency_seconds:
+            o.latency_s = a.latency_seconds
         return o
 
 
@@ -182,7 +196,8 @@ class IngestProcess:
     """One `python -m occ.cli ingest` child with its /metrics and /healthz."""
 
     def __init__(self, index: int, *, database_url: str, mqtt_url: str, shared: bool, log_path: Path,
-                 profile_path: Path | None, transport: str = "native", tag: str = "") -> None:
+                 profile_path: Path | None, transport: str = "native", tag: str = "",
+                 settings: Sequence[tuple[str, str]] = ()) -> None:
         self.port = free_port()
         self.log_path = log_path
         self.profile_path = profile_path
@@ -197,6 +212,7 @@ class IngestProcess:
             "OCC_INGEST__TRANSPORT": transport,
             "XDG_RUNTIME_DIR": str(log_path.parent),
         })
+        self.env.update({f"OCC_INGEST__{key.upper()}": value for key, value in settings})
         self.process: asyncio.subprocess.Process | None = None
         self.hwm_kb = 0
         self.spawned_at = 0.0
@@ -232,6 +248,19 @@ class IngestProcess:
                 pass
             await asyncio.sleep(0.02)
         raise RuntimeError(f"ingest did not become ready in {timeout} s; see {self.log_path}")
+
+    async def batch_stats(self, http: aiohttp.ClientSession) -> dict[str, float]:
+        """Batches committed, messages in them, and the sum of their receive→commit seconds, from /metrics."""
+        async with http.get(self.base + "/metrics") as response:
+            text = await response.text()
+        wanted = {"occ_ingest_batch_messages_count": "batches", "occ_ingest_batch_messages_sum": "messages",
+                  "occ_ingest_receive_to_commit_seconds_sum": "commit_s"}
+        stats = dict.fromkeys(wanted.values(), 0.0)
+        for line in text.splitlines():
+            name = line.split(" ", 1)[0].split("{", 1)[0]
+            if name in wanted:
+                stats[wanted[name]] = float(line.rsplit(" ", 1)[1])
+        return stats
 
     async def counters(self, http: aiohttp.ClientSession) -> tuple[float, float]:
         """(readings written, messages acked) from /metrics."""
@@ -417,7 +446,8 @@ class Bench:
                 profile = Path(self.o.profile_dir) / f"ingest{tag}-{self.ingest_starts}-{index}.prof"
             self.ingests.append(IngestProcess(index, database_url=self.db_url, mqtt_url=self.mqtt_url,
                                               shared=shared, log_path=self.work / f"ingest{tag}-{index}.log",
-                                              profile_path=profile, transport=transport, tag=tag))
+                                              profile_path=profile, transport=transport, tag=tag,
+                                              settings=self.o.ingest_settings))
         self.ingest_starts += 1
         ready = await asyncio.gather(*(i.start(self.http) for i in self.ingests))
         return max(ready)
@@ -427,6 +457,11 @@ class Bench:
             await ingest.stop()
             self.retired_hwm_kb.append(ingest.hwm_kb)
         self.ingests = []
+
+    async def batch_stats(self) -> dict[str, float]:
+        assert self.http is not None
+        values = await asyncio.gather(*(i.batch_stats(self.http) for i in self.ingests))
+        return {k: sum(v[k] for v in values) for k in ("batches", "messages", "commit_s")}
 
     async def ingest_counters(self) -> tuple[float, float]:
         assert self.http is not None
@@ -722,6 +757,7 @@ class Bench:
         await self.truncate()
         duration = self.o.latency_s
         before, _ = await self.ingest_counters()
+        stats_before = await self.batch_stats()
         checkpoints = await self.checkpoints()
         publishers, start_at = await self.spawn_publishers("single", duration=duration, rate=rate)
         probe = await asyncio.create_subprocess_exec(
@@ -783,6 +819,14 @@ class Bench:
         await poller
         await conn.close()
         measured = [lat for ts, lat in latencies if ts >= t1]
+        stats_after = await self.batch_stats()
+        batches = stats_after["batches"] - stats_before["batches"]
+        if batches > 0:  # what the ingest itself saw: batch size and its oldest message's receive→commit time
+            phase.figures.update(
+                batches_per_s=batches / duration,
+                msgs_per_batch=(stats_after["messages"] - stats_before["messages"]) / batches,
+                receive_to_commit_mean_ms=1000 * (stats_after["commit_s"] - stats_before["commit_s"]) / batches,
+            )
         sent_after_t1 = probe_result["acked"] - min(probe_result["acked"], round((t1 - start_at) / PROBE_INTERVAL_S))
         with (self.work / "latency_probes.csv").open("w") as out:
             out.write("publish_time_s,publish_to_commit_ms\n")
@@ -804,6 +848,9 @@ class Bench:
             f"max {f['max_commit_ms']:.1f} ms over {len(measured)} probes (of ~{sent_after_t1} sent after the "
             f"warm-up); server checkpoints during the run: "
             f"{checkpoints}; CPU: {fmt_cpu(phase.cpu)}")
+        if "batches_per_s" in f:
+            log(f"({label}) ingest batches: {f['batches_per_s']:,.0f}/s of {f['msgs_per_batch']:,.1f} messages, "
+                f"oldest message received→commit {f['receive_to_commit_mean_ms']:.1f} ms on average")
         return phase
 
     async def baseline(self) -> Phase:

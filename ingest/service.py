@@ -84,6 +84,7 @@ POISON_ATTEMPTS = 3
 message the database refuses goes to dead letters instead of blocking the stream."""
 MAINTENANCE_EVERY_S = 300.0
 TRANSPORTS = ("native", "paho")
+_EPOCH = datetime.fromtimestamp(0, UTC)
 GC_YOUNG_THRESHOLD = 100_000
 """Collect the young generation after this many more container allocations than frees (CPython's default: 700).
 A batch holds every message's decoded form until its commit: with the default, those objects survive many young
@@ -169,6 +170,7 @@ class IngestService:
         topic_prefix: str = "occ/v1",
         batch_max: int = 5000,
         linger_s: float = 0.01,
+        read_coalesce_s: float = 0.002,
         max_unacked: int = 50_000,
         max_unacked_bytes: int = 64 * 1024 * 1024,
         max_payload_bytes: int = 1_048_576,
@@ -219,6 +221,7 @@ class IngestService:
         self._pool_size = pool_size
         self._store_options = store_options or {}
         self._drain_quiet_s = drain_quiet_s
+        self._read_coalesce_s = read_coalesce_s
         self.store: Store | None = None
         self.bus: MqttClient | MqttSubscriber | None = None
         self.database_up = False
@@ -252,7 +255,8 @@ class IngestService:
         options: dict[str, Any] = dict(
             mqtt_url=mqtt.url, database_url=db.url, client_id=ing.client_id,
             share_group=ing.share_group if ing.shared else None, topic_prefix=mqtt.topic_prefix,
-            batch_max=ing.batch_max, linger_s=ing.linger_ms / 1000, writers=ing.writers, max_unacked=ing.max_unacked,
+            batch_max=ing.batch_max, linger_s=ing.linger_ms / 1000,
+            read_coalesce_s=ing.read_coalesce_ms / 1000, writers=ing.writers, max_unacked=ing.max_unacked,
             max_unacked_bytes=ing.max_unacked_mb * 1024 * 1024,
             max_payload_bytes=ing.max_payload_bytes, max_future_s=ing.max_future_s,
             max_past_s=ing.max_past_days * 86400, auto_register=ing.auto_register, local_tz=config.site.timezone,
@@ -289,6 +293,7 @@ class IngestService:
             self.bus = MqttSubscriber(
                 self.mqtt_url, client_id=self.client_id, on_publishes=self._on_publishes, clean_start=False,
                 session_expiry_s=self._session_expiry_s, keepalive_s=self._keepalive_s,
+                read_coalesce_s=self._read_coalesce_s,
             )
         else:
             self.bus = MqttClient(
@@ -528,8 +533,15 @@ class IngestService:
 
     def _decode(self, messages: list[Inbound]) -> list[Decoded]:
         decode = self.decoder.decode
-        fromtimestamp = datetime.fromtimestamp
-        return [decode(m.topic, m.payload, fromtimestamp(m.received, UTC)) for m in messages]
+        out = []
+        received = -1.0
+        now = _EPOCH
+        for m in messages:
+            if m.received != received:  # one receive time per socket read: convert it once (~0.7 µs each)
+                received = m.received
+                now = datetime.fromtimestamp(received, UTC)
+            out.append(decode(m.topic, m.payload, now))
+        return out
 
     def _decode_one(self, message: Inbound) -> Decoded:
         return self.decoder.decode(message.topic, message.payload, datetime.fromtimestamp(message.received, UTC))

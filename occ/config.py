@@ -156,6 +156,9 @@ class IngestConfig:
     shared: bool = True
     batch_max: int = field(default=5000, metadata=between(1, 1_000_000))
     linger_ms: int = field(default=10, metadata=between(0, 60_000))
+    read_coalesce_ms: float = field(default=2.0, metadata=between(0, 1000))
+    """Native transport: after a socket read under 32 KiB (live traffic, not a backlog), wait this long before
+    reading again, so one read carries a few milliseconds of messages instead of one or two."""
     writers: int = field(default=2, metadata=between(1, 64))
     """Concurrent batch writes per worker (acks stay in arrival order); 2 overlaps one COPY with a commit."""
     max_unacked: int = field(default=50_000, metadata=between(1, None))
