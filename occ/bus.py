@@ -127,7 +127,11 @@ class _BufferedClient(paho.Client):
             if not self._may_recv:
                 raise BlockingIOError  # paho keeps its partial packet; the next callback continues it
             self._may_recv = False
-            data = self._sock.recv(READ_CHUNK)  # BlockingIOError propagates to paho as "try again"
+            try:
+                data = self._sock.recv(READ_CHUNK)  # BlockingIOError propagates to paho as "try again"
+            except ssl.SSLWantReadError:  # TLS: a record not complete yet is "try again" too (as in paho's own)
+                self._may_recv = True
+                raise BlockingIOError from None
             if not data:
                 return b""
             self._rbuf = memoryview(data)

@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--format", choices=("table", "json"), default="table")
     rm = dev_sub.add_parser("remove", help="unregister devices (their readings stay; new ones are refused)")
     rm.add_argument("device_ids", nargs="+", metavar="ID")
+    imp.add_argument("--issue-credentials", metavar="FILE",
+                     help="issue MQTT credentials to the devices that have none and append them to FILE (0600)")
+    from occ.cli_credentials import add_parsers as add_credentials_parsers
+
+    add_credentials_parsers(dev_sub)
 
     hist = sub.add_parser("history", help="a device's metric over time, bucketed and aggregated",
                           description="Read history through the store's query (rollups where they fit, raw "
@@ -200,8 +205,13 @@ def _print_status(info: dict[str, Any]) -> None:
 async def _devices_command(config: Config, args: argparse.Namespace) -> int:
     from occ import cli_devices
 
+    if args.devices_command == "credentials":
+        from occ.cli_credentials import credentials_command
+
+        return await credentials_command(config, args)
     if args.devices_command == "import":
         return await cli_devices.import_devices(config, args.files, force=args.force, dry_run=args.dry_run,
+                                                issue_credentials=args.issue_credentials,
                                                 verbose=args.verbose)
     if args.devices_command == "list":
         return await cli_devices.list_devices(config, kind=args.kind, area=args.area, fmt=args.format)
@@ -243,7 +253,7 @@ def _up(config: Config, args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, request_stop)
-    if not config.mqtt.url and args.bind != "127.0.0.1":
+    if not config.mqtt.url and args.bind != "127.0.0.1" and not config.mqtt.auth:
         exposed = "every interface" if is_wildcard(args.bind) else args.bind
         log.warning("the embedded broker listens on %s with no authentication: anyone who can reach this "
                     "machine can publish readings and read every message", exposed)
@@ -274,6 +284,14 @@ def _print_endpoints(supervisor: Any, endpoints: dict[str, Any], config: Config)
                      "OCC's own services use; point devices at the URL above)")
     else:
         lines.append("  MQTT for services   the same URL (mqtt_services_url: what OCC's own services use, MQTT 5)")
+    if endpoints.get("mqtt_tls_url"):
+        lines.append(f"  MQTT over TLS       {endpoints['mqtt_tls_url'].split('?')[0]}  (CA for devices: "
+                     f"{endpoints['mqtt_ca']})")
+    if endpoints.get("mqtt_auth") == "closed":
+        lines.append("  MQTT accounts       closed broker: `occ devices credentials issue DEVICE` gives a device "
+                     "its password")
+    elif endpoints.get("mqtt_auth") == "open" and endpoints.get("broker") == "iotcore":
+        lines.append("  MQTT accounts       NONE ENFORCED (rumqttd): any client may publish anything")
     if endpoints.get("bind") and endpoints["bind"] != "127.0.0.1":
         lines.append(f"  broker listens on   {endpoints['bind']} (reachable from other machines)")
     for name, service in endpoints.get("services", {}).items():
@@ -298,7 +316,15 @@ def _simulate(config: Config, rest: list[str]) -> int:
     from occ.supervisor import read_endpoints
     from simulators.cli import main as simulate_main
 
-    url = config.mqtt.url or (read_endpoints(config.var_path) or {}).get("mqtt_url")
+    endpoints = read_endpoints(config.var_path) or {}
+    url = config.mqtt.url or endpoints.get("mqtt_url")
+    sim_url = (endpoints.get("mqtt_service_urls") or {}).get("occ-sim")
+    own_credentials = any(a.split("=")[0] in ("--username", "--credentials") for a in rest)
+    if not config.mqtt.url and sim_url and not own_credentials:
+        # A closed `occ up`: the simulators' pooled account, on the devices' listener.
+        from occ.supervisor import _with_devices_listener
+
+        url = _with_devices_listener(sim_url, endpoints["mqtt_url"])
     if url and "--mqtt-url" not in rest:
         os.environ["OCC_MQTT_URL"] = url
     os.environ.setdefault("OCC_CONFIG_DIR", config.config_dir)

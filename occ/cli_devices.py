@@ -63,7 +63,7 @@ def local_time(ts: datetime, tz: ZoneInfo) -> str:
 
 
 async def import_devices(config: Config, files: Sequence[str], *, force: bool, dry_run: bool,
-                         verbose: bool) -> int:
+                         verbose: bool, issue_credentials: str | None = None) -> int:
     catalog = load_catalog(config)
     areas = load_area_file(config)
     devices: list[Device] = []
@@ -92,11 +92,22 @@ async def import_devices(config: Config, files: Sequence[str], *, force: bool, d
         to_write = [c.device for c in plan if c.action != "unchanged"]
         if to_write and not dry_run:
             await store.upsert_devices(to_write)
+        issued = 0
+        if issue_credentials and not dry_run:  # issue 7: new devices get credentials in the same step
+            from occ.cli_credentials import issue_for, write_credentials_file
+
+            active = {a.username for a in await store.credentials.accounts(active_only=True)}
+            new = [d.id for d in devices if d.id not in active]
+            if new:
+                write_credentials_file(Path(issue_credentials), await issue_for(store, new, "device"))
+            issued = len(new)
     finally:
         await store.close()
     counts = {action: sum(1 for c in plan if c.action == action) for action in ("created", "updated", "unchanged")}
     summary = (f"{len(plan)} devices from {len(files)} file(s): {counts['created']} created, "
                f"{counts['updated']} updated, {counts['unchanged']} unchanged")
+    if issue_credentials and not dry_run:
+        summary += f"; {issued} credential(s) issued into {issue_credentials}"
     print(summary + (" (dry run: nothing was written)" if dry_run else ""))
     return 0
 

@@ -143,6 +143,14 @@ class MqttConfig:
     session_expiry_s: int = field(default=7 * 24 * 3600, metadata=between(0, 2**32 - 1))
     """How long the broker keeps a persistent session (and queues for it) while the client is away."""
     topic_prefix: str = field(default="occ/v1", metadata=checked(_topic_part))
+    auth: bool = True
+    """Embedded Mosquitto (`occ up`): no anonymous access; accounts and topic ACLs from the store (issue 7)."""
+    tls: bool = True
+    """Embedded Mosquitto: a TLS listener too, with a CA and server certificate generated into var/tls."""
+    tls_port: int = field(default=0, metadata=PORT)
+    """Port of that TLS listener (0: a free one)."""
+    plain_listener: bool = True
+    """Embedded Mosquitto: keep the plain (unencrypted) listener; false leaves TLS only."""
 
     def __repr__(self) -> str:
         return _redacted_repr(self)

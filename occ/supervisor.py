@@ -39,16 +39,20 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from occ.backoff import Backoff
 from occ.config import Config
 from occ.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
-from occ.embedded.broker import WILDCARDS
+from occ.embedded.broker import WILDCARDS, mosquitto_path
 from occ.embedded.proc import die_with_parent
 from occ.errors import AlreadyRunning, StartFailed
 from occ.redact import redact_url
 from occ.secrets import private_dir
+
+if TYPE_CHECKING:
+    from occ.embedded.auth_sync import AuthSync
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,8 @@ class Stack:
     speed: float = 60.0
     run_id: str = ""
     var: Path = Path("var")
+    service_urls: Mapping[str, str] = field(default_factory=dict)
+    """Closed broker: the MQTT URL with each platform account's credentials (occ-ingest, occ-sim, …)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +138,11 @@ def demo_setup(stack: Stack) -> list[SetupStep]:
     steps = []
     devices = sorted((stack.config.config_path / "devices").glob("*.yaml"))
     if devices:
-        steps.append(SetupStep("device import", ("devices", "import", *map(str, devices))))
+        # Each new device gets its MQTT credentials (issue 7): what a real device of the catalog would be given.
+        credentials = stack.var / "secrets" / "device-credentials.txt"
+        steps.append(SetupStep("device import", ("devices", "import", *map(str, devices), "--issue-credentials",
+                                                 str(credentials)), key="device_credentials",
+                               note=f"{credentials} (0600; `occ simulate run --mode device --credentials` uses it)"))
     password_file = stack.var / "demo-admin-password"
     steps.append(SetupStep("demo login", ("users", "demo-admin", str(password_file)), key="web_login",
                            note=f"admin / password in {password_file}"))
@@ -209,12 +219,37 @@ def simulator_services(stack: Stack) -> list[ServiceSpec]:
     """With --demo: the Hà Giang fleet on the demo scenario, publishing as devices do."""
     if not stack.demo:
         return []
-    return [ServiceSpec("simulate", demo_simulate_args(stack.speed, stack.config.config_path),
-                        {"OCC_MQTT_URL": stack.mqtt_url})]
+    # The pooled simulator speaks for the whole fleet: the occ-sim account when the broker is closed.
+    url = _with_devices_listener(stack.service_urls["occ-sim"], stack.mqtt_url) if "occ-sim" in stack.service_urls \
+        else stack.mqtt_url
+    return [ServiceSpec("simulate", demo_simulate_args(stack.speed, stack.config.config_path), {"OCC_MQTT_URL": url})]
+
+
+def _with_devices_listener(account_url: str, devices_url: str) -> str:
+    """The devices' listener (`devices_url`) with the credentials of `account_url`."""
+    account = urlsplit(account_url)
+    return _with_credentials(devices_url, account.username or "", account.password or "")
 
 
 SERVICES: tuple[ServiceBuilder, ...] = (ingest_services, alerts_services, web_services, simulator_services)
 """Every kind of service `occ up` runs, in start order. Add a builder here for a new service."""
+
+
+SERVICE_ACCOUNTS: Mapping[str, str] = {"ingest": "occ-ingest", "alerts": "occ-alerts", "web": "occ-web",
+                                       "simulate": "occ-sim"}
+"""The broker account each kind of service (its first argument) connects with when the broker is closed."""
+
+RUMQTTD_WARNING = (
+    "!!! The embedded broker is rumqttd (Mosquitto is not installed): it checks NO passwords and enforces NO "
+    "topic ACLs. Anyone who can reach it can publish as any device and under occ/v1/_sys/. Install Mosquitto "
+    "(apt-get install mosquitto) for device credentials and ACLs. !!!")
+
+
+def _with_credentials(url: str, username: str, password: str) -> str:
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, f"{quote(username, safe='')}:{quote(password, safe='')}@{host}", parts.path,
+                       parts.query, parts.fragment))
 
 
 # -- restart decisions (pure) ---------------------------------------------------------------------------
@@ -326,6 +361,10 @@ class Supervisor:
         self._stop_requested = False
         self._hurry = False
         self.endpoints: dict[str, Any] = {}
+        self.auth_sync: AuthSync | None = None
+        self.service_passwords: dict[str, str] = {}
+        self.service_urls: dict[str, str] = {}
+        """MQTT URL with its own account, per service account (closed broker only)."""
 
     @property
     def holds_lock(self) -> bool:
@@ -400,16 +439,19 @@ class Supervisor:
         mqtt_url = self.config.mqtt.url
         services_mqtt = mqtt_url
         if not mqtt_url:
-            self.broker = EmbeddedBroker(self.var / "broker", kind=self.broker_kind,  # type: ignore[arg-type]
-                                         port=self.mqtt_port, host=self.bind)
+            self.broker = self._make_broker(database_url)
             try:
                 mqtt_url = self.broker.start()
             except Exception as exc:
                 raise StartFailed("broker", f"the embedded {self.broker.kind} broker did not start: {exc}") from exc
             services_mqtt = self.broker.services_url
             self.servers.append(ServerSlot("broker", self.broker, started_at=time.monotonic()))
+            if self.auth_sync is not None:
+                self.auth_sync.start()
         assert mqtt_url is not None and services_mqtt is not None
-        _check_broker(services_mqtt)
+        self.service_urls = {name: _with_credentials(services_mqtt, name, password)
+                             for name, password in self.service_passwords.items()}
+        _check_broker(self.service_urls.get("occ-ingest", services_mqtt))
         self._check_stop()
 
         env = {**os.environ, "OCC_DATABASE_URL": database_url, "OCC_MQTT_URL": services_mqtt,
@@ -417,15 +459,19 @@ class Supervisor:
                "PYTHONUNBUFFERED": "1"}
         self.stack = Stack(database_url=database_url, mqtt_url=mqtt_url, mqtt_services_url=services_mqtt, env=env,
                            config=self.config, demo=self.demo, workers=self.workers, speed=self.speed,
-                           run_id=uuid.uuid4().hex[:6], var=self.var)
+                           run_id=uuid.uuid4().hex[:6], var=self.var, service_urls=dict(self.service_urls))
         for setup in self.setup_builders:
             for step in setup(self.stack):
                 self._run_once(step.what, list(step.args), env)
                 if step.key and step.note:
                     self.notes[step.key] = step.note
+        if self.auth_sync is not None:
+            self.auth_sync.sync_now()  # what the setup steps issued (the demo's devices) is in the broker now
         for builder in self.builders:
             for spec in builder(self.stack):
-                self.children.append(Child(spec, {**env, **spec.env}))
+                account = SERVICE_ACCOUNTS.get(spec.args[0])
+                own = {"OCC_MQTT_URL": self.service_urls[account]} if account in self.service_urls else {}
+                self.children.append(Child(spec, {**env, **own, **spec.env}))
         now = time.monotonic()
         for child in self.children:
             child.start(now)
@@ -434,6 +480,40 @@ class Supervisor:
             self.broker.save()  # the services' persistent sessions are on disk before anything can crash
         self._write_endpoints()
         return self.endpoints
+
+    def _make_broker(self, database_url: str) -> EmbeddedBroker:
+        """The embedded broker; closed (issue 7) unless mqtt.auth is off or only rumqttd is available: the
+        schema is migrated first, the service accounts ensured and the broker's files rendered from the store
+        before it listens, so nobody is ever let in anonymously."""
+        mqtt = self.config.mqtt
+        tls = None
+        kind = self.broker_kind if self.broker_kind != "auto" else ("mosquitto" if mosquitto_path() else "iotcore")
+        if mqtt.tls and kind == "mosquitto":
+            from occ.embedded.tls import ensure_tls_files
+
+            extra = () if is_wildcard(self.bind) else (self.bind,)
+            tls = ensure_tls_files(self.var / "tls", hosts=extra)
+        elif mqtt.tls:
+            log.warning("no TLS listener: rumqttd (Mosquitto is not installed) is started without TLS")
+        broker = EmbeddedBroker(self.var / "broker", kind=kind,  # type: ignore[arg-type]
+                                port=self.mqtt_port, host=self.bind, auth=mqtt.auth, tls=tls,
+                                tls_port=mqtt.tls_port or None, plain=mqtt.plain_listener or tls is None)
+        if broker.kind != "mosquitto":
+            if mqtt.auth:
+                log.warning(RUMQTTD_WARNING)
+            return broker
+        if not mqtt.auth:
+            log.warning("mqtt.auth is off: the embedded broker accepts anonymous clients and enforces no topic ACLs")
+            return broker
+        env = {**os.environ, "OCC_DATABASE_URL": database_url, "OCC_VAR_DIR": str(self.var)}
+        self._run_once("database migration", ["db", "migrate"], env)
+        from occ.embedded.auth_sync import AuthSync, ensure_service_accounts
+
+        self.service_passwords = asyncio.run(ensure_service_accounts(database_url, self.secrets))
+        self.auth_sync = AuthSync(database_url, lambda files: broker.set_auth(files.passwd, files.acl),
+                                  prefix=mqtt.topic_prefix)
+        self.auth_sync.sync_now()
+        return broker
 
     def _run_once(self, what: str, args: list[str], env: dict[str, str]) -> None:
         """Run a setup step with its output in var/setup.log: its last line is shown when it succeeds (a device
@@ -502,6 +582,11 @@ class Supervisor:
                                   "health": c.spec.health_url, "metrics": c.spec.metrics_url, "url": c.spec.url}
                          for c in self.children},
             "servers": {s.name: {"pid": s.server.pid, "port": s.port} for s in self.servers},
+            "mqtt_auth": ("closed" if self.broker is not None and self.broker.auth
+                          else "open" if self.broker is not None else "external"),
+            "mqtt_service_urls": dict(self.service_urls),
+            "mqtt_tls_url": self.broker.tls_url if self.broker is not None else None,
+            "mqtt_ca": str(self.broker.tls.ca) if self.broker is not None and self.broker.tls else None,
             **{f"{c.name}_url": c.spec.url for c in self.children if c.spec.url},
             **{f"{c.name}_metrics": c.spec.metrics_url for c in self.children
                if c.spec.metrics_url and c.spec.args[0] not in ("ingest", "web")},
@@ -576,7 +661,8 @@ class Supervisor:
         for child in self.children:
             for client_id, topic in child.spec.shared_sessions:
                 try:
-                    _recreate_session(self.stack.mqtt_services_url, client_id, topic,
+                    _recreate_session(self.stack.service_urls.get("occ-ingest", self.stack.mqtt_services_url),
+                                      client_id, topic,
                                       self.config.mqtt.session_expiry_s)
                 except OSError as exc:
                     log.warning("could not restore the MQTT session of %s after the broker restart: %s",
@@ -621,6 +707,8 @@ class Supervisor:
             if child.process is not None:
                 child.process.wait()
         services = time.monotonic()
+        if self.auth_sync is not None:
+            self.auth_sync.stop()
         if self.broker:
             self.broker.stop()
         broker = time.monotonic()

@@ -74,6 +74,14 @@ def _default_url() -> str:
     return os.environ.get("OCC_MQTT_URL") or DEFAULT_MQTT_URL
 
 
+def _credentials(args: argparse.Namespace) -> dict[str, tuple[str, str]] | None:
+    if not getattr(args, "credentials", None):
+        return None
+    from occ.cli_credentials import read_credentials_file
+
+    return read_credentials_file(args.credentials)
+
+
 def _add_broker_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("broker")
     g.add_argument("--mqtt-url", default=None,
@@ -81,6 +89,10 @@ def _add_broker_options(p: argparse.ArgumentParser) -> None:
                         f"(default: $OCC_MQTT_URL or {DEFAULT_MQTT_URL})")
     g.add_argument("--username", default=os.environ.get("OCC_MQTT_USERNAME"), help="MQTT user name")
     g.add_argument("--password", default=os.environ.get("OCC_MQTT_PASSWORD"), help="MQTT password")
+    g.add_argument("--credentials", metavar="FILE", default=None,
+                   help="credentials from `occ devices credentials issue` (device_id username password per line, "
+                        "or its --json): each device connects as itself in --mode device, the gateway as itself "
+                        "in --mode gateway; pool mode uses --username/--password or the URL's (a service account)")
     g.add_argument("--topic-prefix", default="occ/v1", help="topic prefix (default occ/v1)")
     g.add_argument("--client-prefix", default=None, help="client id prefix of the connections")
     g.add_argument("--link-status-prefix", default="occ/sim",
@@ -249,7 +261,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                       gateway_id=args.client_prefix or host_id("replay"),
                                       topic_prefix=args.topic_prefix, keepalive=args.keepalive,
                                       protocol=args.mqtt_version, transport=args.transport,
-                                  link_status_prefix=args.link_status_prefix)
+                                  link_status_prefix=args.link_status_prefix,
+                                  credentials=_credentials(args))
                 mqtt_out.stop = stop
                 mqtt_out.start()
                 outputs.append(mqtt_out)
@@ -279,7 +292,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                   topic_prefix=args.topic_prefix, keepalive=args.keepalive,
                                   device_ids=[d.id for d in sim.devices], device_status_topics=sim.status_topics,
                                   protocol=args.mqtt_version, transport=args.transport,
-                                  link_status_prefix=args.link_status_prefix)
+                                  link_status_prefix=args.link_status_prefix, credentials=_credentials(args))
             mqtt_out.stop = stop
             mqtt_out.start()
             outputs.append(mqtt_out)

@@ -40,7 +40,7 @@ import ssl
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -509,10 +509,13 @@ class MqttOutput:
         link_status_prefix: str = "occ/sim",
         gateway_id: str | None = None,
         per_run_ids: bool = False,
+        credentials: Mapping[str, tuple[str, str]] | None = None,
     ) -> None:
         """`per_run_ids`: the client ids are unique to this run, so a clean stop deletes the connections'
         retained status instead of leaving `offline` behind for every run (a crash still leaves its Will).
-        `gateway_id` (default: the client prefix) names the gateway in gateway mode."""
+        `gateway_id` (default: the client prefix) names the gateway in gateway mode. `credentials` (id →
+        (username, password), issue 7): in device mode each device connects with its own, in gateway mode the
+        gateway with its own; a connection without an entry uses the address's."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         self.address = address
@@ -528,16 +531,25 @@ class MqttOutput:
         self.sent = 0
         self.stop: threading.Event | None = None  # set by the runner: stop waiting for a full queue to drain
         common = {"keepalive": keepalive, "protocol": protocol, "max_queued": max_queued}
+        credentials = credentials or {}
+
+        def as_(name: str) -> BrokerAddress:
+            if name not in credentials:
+                return address
+            username, password = credentials[name]
+            return dataclasses.replace(address, username=username, password=password)
+
         if mode == "device":
             for device_id, status_topic in zip(device_ids, device_status_topics, strict=True):
-                self.links.append(make_link(transport, address, device_id, will=(status_topic, b"offline"),
+                self.links.append(make_link(transport, as_(device_id), device_id, will=(status_topic, b"offline"),
                                             online=(status_topic, b"online"), max_inflight=100, **common))
         else:
             count = 1 if mode == "gateway" else max(1, connections)
             for k in range(count):
                 client_id = client_prefix if mode == "gateway" else f"{client_prefix}-{k}"
                 status = f"{link_status_prefix}/{client_id}/status"
-                link = make_link(transport, address, client_id, will=(status, b"offline"),
+                account = as_(gateway_id or client_prefix) if mode == "gateway" else address
+                link = make_link(transport, account, client_id, will=(status, b"offline"),
                                  online=(status, b"online"), **common)
                 link.clear_status_on_close = per_run_ids
                 self.links.append(link)

@@ -270,6 +270,8 @@ class EmbeddedBroker:
                 os.chown(self.data_dir, user.pw_uid, user.pw_gid)
                 for child in self.data_dir.iterdir():
                     os.chown(child, user.pw_uid, user.pw_gid)
+                if self.tls is not None:  # the key stays 0600, owned by the broker's user
+                    os.chown(self.tls.key, user.pw_uid, user.pw_gid)
             conf = self.data_dir / "mosquitto.conf"
             # Started as its user already; as root with no such user, Mosquitto needs to be told to stay root.
             user_line = "" if user is not None or os.geteuid() != 0 else "user root"

@@ -7,6 +7,7 @@ All SQL lives in this package, one concern per module, combined here behind one 
     admin.py     settings, maintenance, status report      settings.py  StoreSettings (one frozen object)
     alerts.py    alert episodes, silences, incidents (the alerts service)
     users.py     web console users and tokens (`store.users`)
+    credentials.py  MQTT accounts of devices, gateways and services (`store.credentials`)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from occ.store import maintenance
 from occ.store.admin import Administration
 from occ.store.alerts import AlertStoreMethods
 from occ.store.connection import create_pool, translate_errors
+from occ.store.credentials import CredentialStore
 from occ.store.current import CurrentState
 from occ.store.migrator import MigrateResult, MigrationError
 from occ.store.migrator import migrate as run_migrations
@@ -53,6 +55,8 @@ class Store(Writes, DeviceRegistry, CurrentState, HistoryQueries, Administration
         )
         self.users = UserStore(self._connection)
         """Web console users and tokens (occ/store/users.py)."""
+        self.credentials = CredentialStore(self._connection)
+        """MQTT accounts (occ/store/credentials.py)."""
 
     @classmethod
     async def connect(

@@ -31,6 +31,8 @@ class Recorder:
         client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, 1)
         client.on_subscribe = lambda c, u, mid, rc, p: subscribed.set()
         client.on_message = self._on_message
+        if address.username:  # a closed broker (issue 7)
+            client.username_pw_set(address.username, address.password)
         client.connect(address.host, address.port)
         client.loop_start()
         self.client = client

@@ -100,12 +100,15 @@ def mentioning(text: str) -> dict[int, str]:
 class Up:
     """One `occ up` child process on its own var/ folder (`flags`: global flags, before the command)."""
 
-    def __init__(self, var: Path, *args: str, flags: tuple[str, ...] = ()) -> None:
+    def __init__(self, var: Path, *args: str, flags: tuple[str, ...] = (), closed: bool = False) -> None:
+        """`closed`: the broker as `occ up` starts it by default (accounts and ACLs, issue 7); these tests
+        publish anonymously otherwise (tests/security covers the closed broker)."""
         self.var = var
         self.log_path = var.parent / f"up-{uuid.uuid4().hex[:6]}.log"
+        auth = () if closed else ("--set", "mqtt.auth=false")
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "occ.cli", "--set", f"var_dir={var}", *flags, "up", *args], cwd=ROOT,
+                [sys.executable, "-m", "occ.cli", "--set", f"var_dir={var}", *auth, *flags, "up", *args], cwd=ROOT,
                 # A port of its own for `occ web`: other stacks on this machine may hold or grab 8080.
                 env=clean_env(OCC_WEB__PORT=str(free_port())), stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent(),
@@ -310,11 +313,13 @@ async def test_occ_up_demo_stores_simulated_readings_and_raises_real_alerts(up_d
     alerts service must publish and store that alert as new (not `late`: the replayed day is hours old)."""
     if mosquitto_path() is None:
         pytest.skip("mosquitto is not installed")
-    up = Up(up_dir / "var", "--demo", "--workers", "1", "--broker", "mosquitto", "--speed", "300")
+    # As `make run` runs it: a closed broker (issue 7), the simulator on its own account.
+    up = Up(up_dir / "var", "--demo", "--workers", "1", "--broker", "mosquitto", "--speed", "300", closed=True)
     recorder = None
     try:
         endpoints = await asyncio.to_thread(up.wait_endpoints)
-        recorder = Recorder(endpoints["mqtt_url"], "occ/v1/_sys/alerts/#")
+        assert endpoints["mqtt_auth"] == "closed"
+        recorder = Recorder(endpoints["mqtt_service_urls"]["occ-web"], "occ/v1/_sys/alerts/#")
         catalog = set()
         for file in (ROOT / "config" / "devices").glob("*.yaml"):
             catalog |= {line.split("id:", 1)[1].strip() for line in file.read_text().splitlines()
