@@ -73,8 +73,15 @@ class Administration(StoreBase):
                 report.lag_s = refreshed.lag_s
                 report.series_classified = refreshed.classified
             finally:
-                if not conn.is_closed():
-                    await conn.execute("SELECT pg_advisory_unlock($1)", maintenance.MAINTENANCE_LOCK_KEY)
+                # The pool does not reset sessions (connection.keep_session): a lock left held here would stop
+                # maintenance in every process until this connection closed. If the unlock cannot run (a second
+                # cancellation, a broken connection), end the session, which releases it.
+                try:
+                    if not conn.is_closed():
+                        await conn.execute("SELECT pg_advisory_unlock($1)", maintenance.MAINTENANCE_LOCK_KEY)
+                except BaseException:
+                    conn.terminate()
+                    raise
         report.elapsed_s = time.monotonic() - started
         return report
 

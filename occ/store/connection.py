@@ -153,6 +153,16 @@ async def connect_one(url: str, *, connect_timeout: float = 10.0, **kwargs: Any)
         return await asyncpg.connect(url, timeout=connect_timeout, server_settings=settings, **kwargs)
 
 
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """Pool reset: nothing beyond what asyncpg always does (roll back an open transaction, drop listeners).
+
+    asyncpg's default reset sends `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;` on EVERY
+    release: one more round trip per store call, as long as the query itself for a 24 h history (issue 12 item
+    4). The store leaves no session state behind: settings are SET LOCAL, results are fetched whole (no cursors),
+    nothing LISTENs, and the one session-level advisory lock (maintenance) is released in a `finally` that
+    terminates the connection when the unlock cannot run. Its temporary staging tables are meant to stay."""
+
+
 async def create_pool(url: str, *, size: int, connect_timeout: float = 10.0, **kwargs: Any) -> asyncpg.Pool:
     settings = dict(SERVER_SETTINGS)
     settings.update(kwargs.pop("server_settings", {}) or {})
@@ -164,6 +174,7 @@ async def create_pool(url: str, *, size: int, connect_timeout: float = 10.0, **k
             timeout=connect_timeout,
             server_settings=settings,
             init=init_connection,
+            reset=keep_session,
             **kwargs,
         )
     assert pool is not None

@@ -424,12 +424,28 @@ def raw_query(
     device_ids: Sequence[str], metric: str, start: datetime, end: datetime, limit: int | None
 ) -> tuple[str, list[object]]:
     sql = (
-        "SELECT s.device_id, r.ts AS b, r.value AS v FROM series AS s "
+        "SELECT s.device_id, s.id AS sid, r.ts AS b, r.value AS v FROM series AS s "
         "JOIN series_readings AS r ON r.series_id = s.id "
         "WHERE s.device_id = ANY($1::text[]) AND s.metric = $2 AND r.ts >= $3 AND r.ts < $4 "
         "ORDER BY r.ts, s.device_id"
     )
     args: list[object] = [list(device_ids), metric, start, end]
+    if limit is not None:
+        sql += " LIMIT $5"
+        args.append(limit)
+    return sql, args
+
+
+def raw_query_by_ids(
+    ids: Sequence[int], device_ids: Sequence[str], start: datetime, end: datetime, limit: int | None
+) -> tuple[str, list[object]]:
+    """As raw_query, for series whose ids are known (`ids[i]` is the series of `device_ids[i]`)."""
+    sql = (
+        "SELECT d.device_id, r.ts AS b, r.value AS v FROM series_readings AS r "
+        "JOIN unnest($1::integer[], $2::text[]) AS d(sid, device_id) ON d.sid = r.series_id "
+        "WHERE r.series_id = ANY($1::integer[]) AND r.ts >= $3 AND r.ts < $4 ORDER BY r.ts, d.device_id"
+    )
+    args: list[object] = [list(ids), list(device_ids), start, end]
     if limit is not None:
         sql += " LIMIT $5"
         args.append(limit)

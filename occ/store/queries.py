@@ -103,9 +103,16 @@ class HistoryQueries(StoreBase):
         zone = hist.zone(tz or self.timezone)
         spec = hist.bucket_spec(bucket, tz=zone, day_start_hour=day_start_hour)
         if spec is None:
-            sql, args = hist.raw_query(device_ids, metric, start, end, limit)
+            ids = self._cached_ids(device_ids, metric)
+            if ids is None:
+                sql, args = hist.raw_query(device_ids, metric, start, end, limit)
+            else:  # series known here: straight to the primary key, no join with `series`
+                sql, args = hist.raw_query_by_ids(ids, device_ids, start, end, limit)
             async with self._connection() as conn:
                 rows = await conn.fetch(sql, *args)
+            if ids is None:
+                seen = {(row["device_id"], row["sid"]) for row in rows}
+                self._remember_series([d for d, _ in seen], metric, [i for _, i in seen], [None] * len(seen))
             raw: dict[str, list[HistoryPoint]] = {}
             for row in rows:
                 key = row["device_id"] if by_device else ""
@@ -159,6 +166,17 @@ class HistoryQueries(StoreBase):
         if limit is not None:
             result = {key: points[:limit] for key, points in result.items()}
         return result
+
+    def _cached_ids(self, device_ids: list[str], metric: str) -> list[int] | None:
+        """The series ids of the devices' `metric` when this process knows them all (ids never change)."""
+        cached = self._series_ids
+        ids = []
+        for device in device_ids:
+            sid = cached.get(device, {}).get(metric)
+            if sid is None:
+                return None
+            ids.append(sid)
+        return ids
 
     def _known_series(self, device_ids: list[str], metric: str) -> tuple[list[str], list[int], list[int]] | None:
         """(devices, ids, levels) from this process's caches when every requested series is known and has its
