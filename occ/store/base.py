@@ -47,6 +47,11 @@ class StoreBase:
         `_series_ids`."""
         self._series_levels: dict[int, int] = {}
         """series id -> its rollup level, once maintenance decided it (it never changes afterwards)."""
+        self._series_total = 0
+        """How many series the database had when this store connected (a floor for the series this process
+        knows, which a freshly started worker would underestimate)."""
+        self._levels_loaded: set[str] = set()
+        """Metrics whose decided levels were all loaded into `_series_levels` (by a history query)."""
 
     @property
     def mode(self) -> Mode:

@@ -22,6 +22,13 @@ _PLAN_STATE = (
     "array_agg(device_id ORDER BY device_id) AS devices, array_agg(level ORDER BY device_id) AS levels "
     "FROM series WHERE device_id = ANY($4::text[]) AND metric = $5) AS s"
 )
+# The first query of a metric in this process also brings the decided level of every series of that metric, so
+# that later queries of other devices need no plan-state round trip (a wall or a report walks many devices).
+_PLAN_STATE_AND_METRIC = (
+    f"SELECT st.*, m.* FROM ({_PLAN_STATE}) AS st, (SELECT coalesce(array_agg(id), '{{}}') AS all_ids, "
+    "coalesce(array_agg(device_id), '{}') AS all_devices, coalesce(array_agg(level), '{}') AS all_levels "
+    "FROM series WHERE metric = $5 AND level IS NOT NULL) AS m"
+)
 
 
 class HistoryQueries(StoreBase):
@@ -131,10 +138,20 @@ class HistoryQueries(StoreBase):
                 # Two round trips and no explicit transaction: what is pending and which series keep which level
                 # are read in ONE statement (one snapshot), then the answer. An hour refreshed in between is read
                 # raw (still exact); a late reading committed in between is simply not in this answer yet.
+                first_of_metric = metric not in self._levels_loaded
                 state = await conn.fetchrow(
-                    _PLAN_STATE, start - hist.HOUR, end, start - timedelta(days=2), device_ids, metric
+                    _PLAN_STATE_AND_METRIC if first_of_metric else _PLAN_STATE,
+                    start - hist.HOUR,
+                    end,
+                    start - timedelta(days=2),
+                    device_ids,
+                    metric,
                 )
                 assert state is not None
+                if first_of_metric:
+                    all_ids = list(state["all_ids"])
+                    self._remember_series(list(state["all_devices"]), metric, all_ids, list(state["all_levels"]))
+                    self._levels_loaded.add(metric)
                 ids, devices, levels = list(state["ids"]), list(state["devices"]), list(state["levels"])
                 self._remember_series(devices, metric, ids, levels)
                 rank = level.rank if level is not None else -1

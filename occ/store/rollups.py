@@ -136,6 +136,10 @@ async def refresh(
                 )
             await conn.execute("DELETE FROM rollup_dirty_days WHERE day = ANY($1::timestamptz[])", days)
         result.days += len(days)
+    if result.hours:
+        # Writers append and maintenance deletes: keep the queue's table (and its TOASTed series lists) at the
+        # size of what is pending, without waiting for autovacuum. VACUUM does not block writers.
+        await conn.execute("VACUUM rollup_dirty")
     row = await conn.fetchrow("SELECT count(DISTINCT bucket) AS n, min(bucket) AS oldest FROM rollup_dirty")
     result.pending_hours = row["n"]
     if row["oldest"] is not None:

