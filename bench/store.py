@@ -307,6 +307,8 @@ class Meter:
     server_pid: int | None
     write_wall: float = 0.0
     write_cpu: float = 0.0
+    write_client_cpu: float = 0.0
+    """This process alone (the writer's side of write_batch: ingest's cost per reading)."""
     maintain_wall: float = 0.0
     maintain_cpu: float = 0.0
     max_lag_s: float = 0.0
@@ -316,12 +318,13 @@ class Meter:
         return time.process_time() + server
 
     async def timed(self, what: str, call: Awaitable[Any]) -> Any:
-        wall, cpu = time.perf_counter(), self._cpu()
+        wall, cpu, client = time.perf_counter(), self._cpu(), time.process_time()
         result = await call
-        wall, cpu = time.perf_counter() - wall, self._cpu() - cpu
+        wall, cpu, client = time.perf_counter() - wall, self._cpu() - cpu, time.process_time() - client
         if what == "write":
             self.write_wall += wall
             self.write_cpu += cpu
+            self.write_client_cpu += client
         else:
             self.maintain_wall += wall
             self.maintain_cpu += cpu
@@ -424,6 +427,7 @@ async def bench_pair(
                     run.meter.maintain_wall,
                     run.meter.maintain_cpu,
                     run.written,
+                    run.meter.write_client_cpu,
                 )
                 log(f"{run.target.name}: writing up to {size:,} readings")
                 steps[id(run)] = await write_until(
@@ -436,6 +440,9 @@ async def bench_pair(
                     "stage_readings": n,
                     "write_readings_per_s": round(n / write_wall) if write_wall else None,
                     "write_cpu_us_per_reading": round(write_cpu / n * 1e6, 2) if n else None,
+                    "write_client_cpu_us_per_reading": round((run.meter.write_client_cpu - w0[5]) / n * 1e6, 2)
+                    if n
+                    else None,
                     "maintain_s_per_million": round(m_wall / n * 1e6, 2) if n else None,
                     "maintain_cpu_share_of_write": round(m_cpu / write_cpu, 3) if write_cpu else None,
                     "rollup_lag_max_s": run.meter.max_lag_s,
@@ -620,6 +627,7 @@ async def main_async(args: argparse.Namespace) -> int:
     summary = {
         "readings": occ_last["readings"],
         "write_readings_per_s": occ_last["write_readings_per_s"],
+        "write_client_cpu_us_per_reading": occ_last["write_client_cpu_us_per_reading"],
         "bytes_per_reading": occ_last["bytes_per_reading"],
         "maintain_s_per_million": occ_last["maintain_s_per_million"],
         "maintain_cpu_share_of_write": occ_last["maintain_cpu_share_of_write"],
@@ -633,6 +641,7 @@ async def main_async(args: argparse.Namespace) -> int:
             k: naive_last[k]
             for k in (
                 "write_readings_per_s",
+                "write_client_cpu_us_per_reading",
                 "bytes_per_reading",
                 "q_latest_ms",
                 "q_24h_ms",
