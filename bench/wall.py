@@ -68,7 +68,7 @@ INIT_SCRIPT = """
     } else if (probe.loadedAt !== null && probe.paintedAt === null) {
       probe.paintedAt = now;  // the first frame after the last marker joined the layer
     }
-    if (probe.recording && last !== null) probe.frames.push(now - last);
+    if (probe.recording && last !== null) probe.frames.push([now - probe.t0, now - last]);
     last = now;
     requestAnimationFrame(frame);
   }
@@ -95,6 +95,7 @@ WRAP_SCRIPT = """
   };
   wrap("applyDelta", probe.apply);
   wrap("refreshMarkers", probe.refresh);
+  probe.t0 = performance.now();
   probe.recording = true;
 }
 """
@@ -121,8 +122,38 @@ def _stats(values: Sequence[float]) -> dict[str, Any]:
             "max_ms": round(max(values), 2), "total_ms": round(sum(values), 1)}
 
 
+def _profile_top(profile: dict[str, Any], top: int = 15) -> list[dict[str, Any]]:
+    """Self time by function from a CDP CPU profile (sampled), largest first."""
+    nodes = {n["id"]: n for n in profile["nodes"]}
+    samples = profile.get("samples", [])
+    deltas = profile.get("timeDeltas", [])
+    self_us: dict[str, float] = {}
+    for node_id, delta in zip(samples, deltas, strict=False):
+        frame = nodes[node_id]["callFrame"]
+        name = frame["functionName"] or "(anonymous)"
+        where = frame["url"].rsplit("/", 1)[-1]
+        key = f"{name} {where}:{frame['lineNumber'] + 1}" if where else name
+        self_us[key] = self_us.get(key, 0.0) + delta
+    ranked = sorted(self_us.items(), key=lambda kv: -kv[1])[:top]
+    return [{"function": k, "self_ms": round(v / 1000, 1)} for k, v in ranked]
+
+
+def _trace_top(raw: bytes, top: int = 15) -> list[dict[str, Any]]:
+    """Time by event name on the renderer's main thread (complete events; nested ones overlap their parents)."""
+    events = json.loads(raw)
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    main = {(e["pid"], e["tid"]) for e in events
+            if e.get("ph") == "M" and e.get("name") == "thread_name" and e["args"].get("name") == "CrRendererMain"}
+    total: dict[str, float] = {}
+    for e in events:
+        if e.get("ph") == "X" and (e.get("pid"), e.get("tid")) in main and "dur" in e:
+            total[e["name"]] = total.get(e["name"], 0.0) + e["dur"]
+    ranked = sorted(total.items(), key=lambda kv: -kv[1])[:top]
+    return [{"event": k, "ms": round(v / 1000, 1)} for k, v in ranked]
+
+
 async def measure(origin: str, token: str, devices: int, mqtt_url: str, duration: float, storm: int,
-                  interval: float, shots: Path | None) -> dict[str, Any]:
+                  interval: float, shots: Path | None, profile: str | None = None) -> dict[str, Any]:
     from playwright.async_api import async_playwright
 
     out: dict[str, Any] = {}
@@ -154,6 +185,14 @@ async def measure(origin: str, token: str, devices: int, mqtt_url: str, duration
                 await page.screenshot(path=str(shots / "wall-5000-loaded.png"))
             log(f"first render: {out['first_render']}")
             await page.evaluate(WRAP_SCRIPT)
+            cdp = None
+            if profile == "trace":
+                await browser.start_tracing(page=page, categories=["devtools.timeline"])
+            elif profile == "js":
+                cdp = await page.context.new_cdp_session(page)
+                await cdp.send("Profiler.enable")
+                await cdp.send("Profiler.setSamplingInterval", {"interval": 500})
+                await cdp.send("Profiler.start")
             children = os.getpid()
             cpu0, busy0, t0 = tree_cpu_s(children), machine_busy_s(), time.monotonic()
             publisher = await asyncio.create_subprocess_exec(
@@ -165,14 +204,24 @@ async def measure(origin: str, token: str, devices: int, mqtt_url: str, duration
             data = await page.evaluate("""() => { const p = window.__probe; p.recording = false;
                 return { frames: p.frames, longTasks: p.longTasks, apply: p.apply, refresh: p.refresh,
                          longTaskError: p.longTaskError || null }; }""")
+            if cdp is not None:
+                cpu_profile = (await cdp.send("Profiler.stop"))["profile"]
+                out["profile_top"] = _profile_top(cpu_profile)
+            if profile == "trace":
+                out["trace_top"] = _trace_top(await browser.stop_tracing())
             sent = json.loads(stdout.decode().strip().splitlines()[-1]) if stdout.strip() else {}
-            frames = data["frames"]
+            frames = [f[1] for f in data["frames"]]
+            storm_ms = 1000 * duration / 2
+            calm = [f[1] for f in data["frames"] if f[0] < storm_ms]
+            after = [f[1] for f in data["frames"] if f[0] >= storm_ms]
             out["updates"] = {
                 "published_readings": sent.get("readings"), "published_alerts": sent.get("alerts"),
                 "seconds": round(t1 - t0, 1),
                 "frame_interval": _stats(frames),
                 "frames_over_50ms": sum(1 for f in frames if f > 50),
                 "frames_over_100ms": sum(1 for f in frames if f > 100),
+                "frame_interval_before_storm": _stats(calm),
+                "frame_interval_from_storm_on": _stats(after),
                 "fps": round(len(frames) / (t1 - t0), 1),
                 "long_tasks": _stats(data["longTasks"]),
                 "apply_delta": _stats(data["apply"]),
@@ -190,7 +239,8 @@ async def measure(origin: str, token: str, devices: int, mqtt_url: str, duration
     return out
 
 
-def run(devices: int, duration: float, storm: int, interval: float, shots: Path | None) -> dict[str, Any]:
+def run(devices: int, duration: float, storm: int, interval: float, shots: Path | None,
+        profile: str | None = None) -> dict[str, Any]:
     from occ.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
     from occ.supervisor import _ensure_database
 
@@ -211,7 +261,7 @@ def run(devices: int, duration: float, storm: int, interval: float, shots: Path 
         time.sleep(1.0)
         log(f"{devices} devices; occ web on {port}")
         result = asyncio.run(measure(f"http://127.0.0.1:{port}", token, devices, broker.url, duration, storm, interval,
-                                     shots))
+                                     shots, profile))
     finally:
         if server is not None:
             server.send_signal(signal.SIGTERM)
@@ -233,11 +283,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--storm", type=int, default=200, help="alert changes within one second, half way")
     parser.add_argument("--screenshots", type=Path, default=None, help="save screenshots in this folder")
     parser.add_argument("--out", help="also write the final JSON object to this file")
+    parser.add_argument("--profile", choices=("js", "trace"), default=None,
+                        help="during the updates, sample the page's JavaScript (js: top functions by self time) or "
+                             "trace the renderer (trace: main-thread time by event); both cost CPU, so not for the "
+                             "headline figures")
     args = parser.parse_args(argv)
     if not CHROMIUM.exists():
         print(f"bench.wall needs Chromium at {CHROMIUM} (apt-get install chromium)", file=sys.stderr)
         return 2
-    result = run(args.devices, args.duration, args.storm, args.interval, args.screenshots)
+    result = run(args.devices, args.duration, args.storm, args.interval, args.screenshots, args.profile)
     line = json.dumps(result)
     if args.out:
         Path(args.out).write_text(line + "\n")
