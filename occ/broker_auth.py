@@ -39,16 +39,19 @@ USERNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 DEVICE_PUBLISH = ("telemetry", "event", "status")
 DEVICE_SUBSCRIBE = ("config", "command")
 
-SERVICES = ("occ-ingest", "occ-alerts", "occ-web", "occ-sim")
+SERVICES = ("occ-ingest", "occ-alerts", "occ-web", "occ-sim", "occ-monitor")
 """Platform service accounts. `occ-sim` is the simulators' pooled account: it speaks for every registered device
-(a test fleet), never under _sys/."""
+(a test fleet), never under _sys/; its connections' own status goes under occ/sim/. `occ-monitor` reads the
+broker's $SYS statistics only (health checks, monitoring)."""
 
 # (access, topic) with "{p}" for the prefix. Mosquitto checks the entries of one user in order; `deny` first.
 SERVICE_ACL: Mapping[str, tuple[tuple[str, str], ...]] = {
     "occ-ingest": (("read", "{p}/+/+/+"),),
     "occ-alerts": (("read", "{p}/+/+/+"), ("read", "{p}/_sys/control/alerts/#"), ("write", "{p}/_sys/#")),
     "occ-web": (("read", "{p}/+/+/+"), ("read", "{p}/_sys/#"), ("write", "{p}/_sys/control/alerts/reload")),
-    "occ-sim": (("deny", "{p}/_sys/#"), *(("write", "{p}/+/+/" + c) for c in DEVICE_PUBLISH)),
+    "occ-sim": (("deny", "{p}/_sys/#"), *(("write", "{p}/+/+/" + c) for c in DEVICE_PUBLISH),
+                ("write", "occ/sim/#")),
+    "occ-monitor": (("read", "$SYS/#"),),
 }
 
 

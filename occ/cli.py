@@ -60,6 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--transport", choices=("native", "paho"),
                         help="MQTT receive path (ingest.transport; default native, paho is the fallback)")
 
+    ba = sub.add_parser(
+        "broker-auth", help="render Mosquitto's password and ACL files from the store (compose, a host's Mosquitto)",
+        description="Write passwd and acl for a Mosquitto that `occ up` does not run (docker-compose, systemd): "
+                    "every device, gateway and service account from the store, with its topics (issue 7). The "
+                    "service accounts (occ-ingest, occ-alerts, occ-web, occ-sim, occ-monitor) are ensured first, "
+                    "all with the password in $MQTT_SERVICE_PASSWORD. Every visible Mosquitto process gets "
+                    "SIGHUP when the files change (compose: share its pid namespace).")
+    ba.add_argument("--out", required=True, metavar="DIR", help="folder of passwd and acl (the broker's)")
+    ba.add_argument("--watch", action="store_true", help="keep the files current (polls the store every second)")
+    tls = sub.add_parser("tls", help="make a CA and a server certificate for a broker's TLS listener")
+    tls.add_argument("folder", metavar="DIR", help="writes ca.pem, ca.key, server.pem, server.key (keys 0600)")
+    tls.add_argument("--host", action="append", default=[], metavar="NAME",
+                     help="a name or address devices use to reach the broker (repeatable; localhost is included)")
     db = sub.add_parser("db", help="database schema and status")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("migrate", help="apply pending migrations")
@@ -310,6 +323,26 @@ def _print_endpoints(supervisor: Any, endpoints: dict[str, Any], config: Config)
     print("\n".join(lines), flush=True)
 
 
+def _broker_auth(config: Config, args: argparse.Namespace) -> int:
+    import os
+    import threading
+    from pathlib import Path
+
+    from occ.embedded.auth_sync import serve_broker_auth
+
+    if not config.database.url:
+        raise ConfigError("no database configured (OCC_DATABASE_URL or --database-url)", path="command line")
+    password = os.environ.get("MQTT_SERVICE_PASSWORD", "")
+    if len(password) < 16:
+        raise ConfigError("MQTT_SERVICE_PASSWORD must hold the services' MQTT password (16 characters or more)",
+                          path="environment")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return serve_broker_auth(config.database.url, Path(args.out), password, watch=args.watch,
+                             prefix=config.mqtt.topic_prefix, stop=stop)
+
+
 def _simulate(config: Config, rest: list[str]) -> int:
     import os
 
@@ -386,6 +419,16 @@ def _run(config: Config, args: argparse.Namespace) -> int:
         return status
     if args.command == "db":
         return asyncio.run(_db_command(config, args))
+    if args.command == "broker-auth":
+        return _broker_auth(config, args)
+    if args.command == "tls":
+        from pathlib import Path
+
+        from occ.embedded.tls import ensure_tls_files
+
+        files = ensure_tls_files(Path(args.folder), hosts=tuple(args.host))
+        print(f"CA for devices: {files.ca}\nserver certificate: {files.cert}\nserver key: {files.key}")
+        return 0
     if args.command == "devices":
         return asyncio.run(_devices_command(config, args))
     if args.command == "history":

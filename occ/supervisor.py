@@ -507,9 +507,10 @@ class Supervisor:
             return broker
         env = {**os.environ, "OCC_DATABASE_URL": database_url, "OCC_VAR_DIR": str(self.var)}
         self._run_once("database migration", ["db", "migrate"], env)
-        from occ.embedded.auth_sync import AuthSync, ensure_service_accounts
+        from occ.embedded.auth_sync import AuthSync, ensure_service_accounts, service_passwords
 
-        self.service_passwords = asyncio.run(ensure_service_accounts(database_url, self.secrets))
+        self.service_passwords = service_passwords(self.secrets)
+        asyncio.run(ensure_service_accounts(database_url, self.service_passwords))
         self.auth_sync = AuthSync(database_url, lambda files: broker.set_auth(files.passwd, files.acl),
                                   prefix=mqtt.topic_prefix)
         self.auth_sync.sync_now()

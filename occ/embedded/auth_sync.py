@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from occ.broker_auth import SERVICES, AccountRow, AuthFiles, DeviceRow, hash_password, render, verify_password
+from occ.embedded.broker import write_auth_files
+from occ.embedded.proc import find_processes
 from occ.secrets import read_or_create_secret
 
 log = logging.getLogger(__name__)
@@ -114,20 +118,69 @@ class AuthSync:
             await store.close()
 
 
-async def ensure_service_accounts(database_url: str, secrets_dir: Path) -> dict[str, str]:
-    """The platform services' MQTT passwords (occ.broker_auth.SERVICES): kept in `secrets_dir/mqtt-<name>`
-    (0600, generated on first use), their hashes in the store, re-issued when the two disagree (a new var/, a
-    rotated file). Returns name → password."""
+def service_passwords(secrets_dir: Path) -> dict[str, str]:
+    """`occ up`'s service passwords: one generated secret per account in `secrets_dir/mqtt-<name>` (0600)."""
+    return {name: read_or_create_secret(secrets_dir / f"mqtt-{name}") for name in SERVICES}
+
+
+async def ensure_service_accounts(database_url: str, passwords: Mapping[str, str]) -> None:
+    """The platform services' accounts (occ.broker_auth.SERVICES) in the store with these passwords; an account
+    whose stored hash does not verify (a new var/, a rotated secret) is re-issued."""
     from occ.store import Store
 
-    passwords = {name: read_or_create_secret(secrets_dir / f"mqtt-{name}") for name in SERVICES}
     store = await Store.connect(database_url, migrate=False, pool_size=1)
     try:
-        current = {a.username: a for a in await store.credentials.accounts(role="service")}
+        current = {a.username: a.password_hash or "" for a in await store.credentials.accounts(role="service")}
         stale = [name for name, password in passwords.items()
-                 if not verify_password(password, current[name].password_hash or "" if name in current else "")]
+                 if not verify_password(password, current.get(name, ""))]
         if stale:
             await store.credentials.set_passwords([(n, "service", hash_password(passwords[n])) for n in stale])
     finally:
         await store.close()
-    return passwords
+
+
+def mosquitto_processes() -> list[int]:
+    """Mosquitto processes this one can see (in compose: the broker's, through a shared pid namespace)."""
+    return find_processes(lambda argv: Path(argv[0]).name == "mosquitto")
+
+
+def _owner(pid: int) -> tuple[int, int] | None:
+    """(uid, gid) a process runs as (so the files we write are readable by the broker after it dropped root)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    ids = {line.split(":")[0]: int(line.split()[1]) for line in status if line.startswith(("Uid:", "Gid:"))}
+    return (ids["Uid"], ids["Gid"]) if len(ids) == 2 else None
+
+
+def serve_broker_auth(database_url: str, out_dir: Path, service_password: str, *, watch: bool,
+                      prefix: str = "occ/v1", interval_s: float = 1.0,
+                      stop: threading.Event | None = None) -> int:
+    """`occ broker-auth`: ensure the service accounts (all with `service_password`), render the files into
+    `out_dir` for a Mosquitto this process does not own (compose, a host's systemd Mosquitto) and SIGHUP every
+    Mosquitto it can see when they change; with `watch`, keep doing so until `stop` is set."""
+
+    asyncio.run(ensure_service_accounts(database_url, {name: service_password for name in SERVICES}))
+
+    def apply(files: AuthFiles) -> None:
+        brokers = mosquitto_processes()
+        owner = _owner(brokers[0]) if brokers else None
+        if write_auth_files(out_dir, files.passwd, files.acl, owner=owner):
+            for pid in brokers:
+                os.kill(pid, signal.SIGHUP)
+            log.info("broker files written to %s; %s", out_dir,
+                     f"Mosquitto (pid {', '.join(map(str, brokers))}) reloads them" if brokers
+                     else "no Mosquitto process is visible to signal (it reads them at its next start or SIGHUP)")
+
+    sync = AuthSync(database_url, apply, prefix=prefix, interval_s=interval_s)
+    sync.sync_now()
+    if not watch:
+        return 0
+    stop = stop or threading.Event()
+    sync.start()
+    try:
+        stop.wait()
+    finally:
+        sync.stop()
+    return 0

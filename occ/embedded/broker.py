@@ -109,6 +109,28 @@ class TlsFiles:
     key: Path
 
 
+def write_auth_files(folder: Path, passwd: str, acl: str, *, owner: tuple[int, int] | None = None) -> bool:
+    """`folder/passwd` and `folder/acl`, each replaced atomically with mode 0600 (owned by `owner`, the broker's
+    uid and gid, when given) and only when its text changed. True when either changed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    changed = False
+    for path, text in ((folder / "passwd", passwd), (folder / "acl", acl)):
+        try:
+            if path.read_text() == text:
+                continue
+        except OSError:
+            pass
+        changed = True
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        if owner is not None:
+            os.chown(tmp, *owner)
+        os.replace(tmp, path)
+    return changed
+
+
 def mosquitto_path() -> str | None:
     return shutil.which("mosquitto") or (
         "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None
@@ -203,22 +225,8 @@ class EmbeddedBroker:
         (SIGHUP; it also drops clients whose account is gone). True when the files changed."""
         if not self.auth:
             return False
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        changed = False
-        for path, text in ((self.passwd_path, passwd), (self.acl_path, acl)):
-            try:
-                if path.read_text() == text:
-                    continue
-            except OSError:
-                pass
-            changed = True
-            tmp = path.with_name(f".{path.name}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(text)
-            if self._user is not None:
-                os.chown(tmp, self._user.pw_uid, self._user.pw_gid)
-            os.replace(tmp, path)
+        owner = (self._user.pw_uid, self._user.pw_gid) if self._user is not None else None
+        changed = write_auth_files(self.data_dir, passwd, acl, owner=owner)
         if changed:
             self.reload()
         return changed

@@ -17,7 +17,7 @@ import pytest
 
 from occ.bus import BrokerAddress
 from occ.embedded import EmbeddedBroker
-from occ.embedded.auth_sync import AuthSync, ensure_service_accounts
+from occ.embedded.auth_sync import AuthSync, ensure_service_accounts, service_passwords
 from occ.embedded.broker import mosquitto_path
 from occ.store import Store
 
@@ -49,7 +49,9 @@ def closed_stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) ->
     async def prepare() -> dict[str, str]:
         store = await Store.connect(database_url, pool_size=1)  # migrates
         await store.close()
-        return await ensure_service_accounts(database_url, secrets)
+        passwords = service_passwords(secrets)
+        await ensure_service_accounts(database_url, passwords)
+        return passwords
 
     passwords = asyncio.run(prepare())
     broker = EmbeddedBroker(folder / "broker", kind="mosquitto", auth=True, **_tls_options(folder))

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from occ.config import IngestConfig, env_overrides, load_config, setting_names
+from occ.supervisor import SERVICE_ACCOUNTS
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -359,8 +360,8 @@ def test_mqtt_is_published_on_loopback_unless_asked(services: dict[str, dict[str
                 if expected is not None:
                     assert host_ip == expected, f"{name}: {entry} is published beyond loopback by default"
     broker = mosquitto_service(services)
-    (entry,) = broker["ports"]
-    assert interpolate(entry, {**DOTENV, "MQTT_BIND": "0.0.0.0"}).startswith("0.0.0.0:1883:")
+    published = sorted(interpolate(entry, {**DOTENV, "MQTT_BIND": "0.0.0.0"}) for entry in broker["ports"])
+    assert published == ["0.0.0.0:1883:1883", "0.0.0.0:8883:8883"]  # plain and TLS (issue 7)
 
 
 def test_depends_on_is_consistent(services: dict[str, dict[str, Any]]) -> None:
@@ -421,17 +422,23 @@ def test_services_reach_the_database_and_broker_they_start(services: dict[str, d
         assert db.group(1) == db_env.get("POSTGRES_USER", "postgres")
         assert db.group(2) == db_env["POSTGRES_PASSWORD"]
         assert config.database.timescaledb == "on", f"{name}: the compose database has the extension"
+        account = SERVICE_ACCOUNTS.get(command(svc)[1])
+        if account is None:  # migrate, provision, broker-auth: no MQTT
+            assert not config.mqtt.url, f"{name}: an MQTT URL it does not use"
+            continue
         assert config.mqtt.url, f"{name}: no broker URL (it would start an embedded broker)"
         mqtt = re.fullmatch(r"mqtt://([^:@/]+):([^@/]*)@([^:/]+):(\d+)", config.mqtt.url)
         assert mqtt, f"{name}: unexpected MQTT URL {config.mqtt.url}"
-        assert (mqtt.group(1), mqtt.group(2)) == (broker_env["MQTT_USER"], broker_env["MQTT_PASSWORD"])
+        # Its own account (issue 7: ACLs per service), with the services' password the broker-auth renders.
+        assert (mqtt.group(1), mqtt.group(2)) == (account, broker_env["MQTT_PASSWORD"]), name
         assert mqtt.group(3) == broker_name and mqtt.group(4) == "1883"
     # The same variables feed both sides, so changing a password in .env changes it everywhere.
     raw_db_url = services["migrate"]["environment"]["OCC_DATABASE_URL"]
     assert "${OCC_DB_PASSWORD" in raw_db_url
     assert "${OCC_DB_PASSWORD" in services["timescaledb"]["environment"]["POSTGRES_PASSWORD"]
-    raw_mqtt_url = services["migrate"]["environment"]["OCC_MQTT_URL"]
-    assert "${MQTT_USER" in raw_mqtt_url and "${MQTT_PASSWORD" in raw_mqtt_url
+    raw_mqtt_url = services["ingest-1"]["environment"]["OCC_MQTT_URL"]
+    assert "${MQTT_PASSWORD" in raw_mqtt_url
+    assert "${MQTT_PASSWORD" in services["broker-auth"]["environment"]["MQTT_SERVICE_PASSWORD"]
 
 
 def test_data_lives_in_named_volumes(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
@@ -532,33 +539,73 @@ def test_mosquitto_persists_and_authenticates(mosquitto_conf: dict[str, str]) ->
     assert "password_file" in mosquitto_conf
 
 
-def test_mosquitto_password_file_is_generated_not_committed(
-    services: dict[str, dict[str, Any]], mosquitto_conf: dict[str, str]
+def test_mosquitto_accounts_and_acls_are_rendered_from_the_store_not_committed(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]], mosquitto_conf: dict[str, str]
 ) -> None:
+    """Issue 7: the password and ACL files live in a named volume the broker-auth service renders from the
+    database (and signals the broker through its pid namespace); none is committed or in the read-only mount."""
     folder, target, mode = mosquitto_conf_mount(services)
     assert mode == "ro", "the config folder is mounted read-only"
+    assert mosquitto_conf["allow_anonymous"] == "false"
     password_file = PurePosixPath(mosquitto_conf["password_file"])
-    assert not password_file.is_relative_to(target), "a password file in the bind mount would be in the repo"
-    committed = [p.name for p in folder.iterdir() if p.name == password_file.name or "passwd" in p.name]
+    acl_file = PurePosixPath(mosquitto_conf["acl_file"])
+    assert password_file.parent == acl_file.parent
+    auth_dir = str(password_file.parent)
+    for path in (password_file, acl_file):
+        assert not path.is_relative_to(target), "a password or ACL file in the bind mount would be in the repo"
+    committed = [p.name for p in folder.iterdir()
+                 if p.name in (password_file.name, acl_file.name) or "passwd" in p.name]
     assert not committed, f"password files in {folder}: {committed}"
-    svc = mosquitto_service(services)
-    entrypoint = svc["entrypoint"]
-    script = next(PurePosixPath(part) for part in entrypoint if part.endswith(".sh"))
-    local = folder / script.relative_to(target)
-    assert local.is_file(), f"entrypoint {script} is not in {folder}"
-    text = local.read_text(encoding="utf-8")
-    assert "mosquitto_passwd" in text and str(password_file.parent) in text
-    assert "MQTT_USER" in text and "MQTT_PASSWORD" in text
+    broker = mosquitto_service(services)
+    volume = {t.rstrip("/"): s for s, t, _ in mounts(broker)}.get(auth_dir)
+    assert volume in (compose.get("volumes") or {}), f"{auth_dir} must be a named volume"
+    renderers = [name for name, svc in services.items() if command(svc)[:2] == ["occ", "broker-auth"]]
+    assert renderers == ["broker-auth"], renderers
+    renderer = services["broker-auth"]
+    args = command(renderer)
+    assert args[args.index("--out") + 1] == auth_dir and "--watch" in args
+    assert {t.rstrip("/"): s for s, t, _ in mounts(renderer)}.get(auth_dir) == volume
+    broker_name = next(name for name, svc in services.items() if svc is broker)
+    assert renderer.get("pid") == f"service:{broker_name}", "broker-auth signals the broker (SIGHUP)"
+    assert depends_on(renderer).get("migrate") == "service_completed_successfully"
+    for name, svc in services.items():
+        if command(svc)[1:2] and command(svc)[1] in SERVICE_ACCOUNTS:
+            assert depends_on(svc).get("broker-auth") == "service_healthy", f"{name} starts before its account"
+    script_entry = next(PurePosixPath(part) for part in broker["entrypoint"] if part.endswith(".sh"))
+    text = (folder / script_entry.relative_to(target)).read_text(encoding="utf-8")
+    assert auth_dir in text and "mosquitto_passwd" not in text
     assert text.rstrip().splitlines()[-1].strip() == 'exec "$@"', "the entrypoint ends by running the command"
-    assert command(svc)[:1] == ["/usr/sbin/mosquitto"] and "/mosquitto/config/mosquitto.conf" in command(svc)
-    env = environment(svc)
-    assert env.get("MQTT_USER") and env.get("MQTT_PASSWORD")
+    assert command(broker)[:1] == ["/usr/sbin/mosquitto"] and "/mosquitto/config/mosquitto.conf" in command(broker)
+    # The TLS listener file the entrypoint writes is in the folder mosquitto.conf includes.
+    assert mosquitto_conf["include_dir"].rstrip("/") == f"{auth_dir}/conf.d" and "conf.d/tls.conf" in text
+
+
+def test_compose_service_accounts_have_exactly_their_topics() -> None:
+    """The accounts compose's services use exist and hold the ACLs the contract asks for (rendered by the same
+    code broker-auth runs)."""
+    from occ.broker_auth import SERVICES, AccountRow, render
+
+    files = render([AccountRow(name, "service", "$7$1$c2FsdA==$aGFzaA==") for name in SERVICES], [])
+    acl: dict[str, list[str]] = {}
+    user = ""
+    for line in files.acl.splitlines():
+        if line.startswith("user "):
+            user = line.split()[1]
+        elif line.startswith("topic "):
+            acl.setdefault(user, []).append(line.split(" ", 1)[1])
+    assert set(SERVICE_ACCOUNTS.values()) <= set(acl)
+    assert acl["occ-ingest"] == ["read occ/v1/+/+/+"]
+    writers = {u for u, entries in acl.items() for e in entries if e.startswith("write occ/v1/_sys/")}
+    assert writers == {"occ-alerts", "occ-web"}
+    assert [e for e in acl["occ-web"] if e.startswith("write")] == ["write occ/v1/_sys/control/alerts/reload"]
+    assert acl["occ-sim"][0] == "deny occ/v1/_sys/#", "the pooled simulator never publishes under _sys/"
+    assert acl["occ-monitor"] == ["read $SYS/#"]
 
 
 def test_mosquitto_healthcheck_is_an_authenticated_round_trip(services: dict[str, dict[str, Any]]) -> None:
     test = interpolate(healthcheck_text(mosquitto_service(services)))
     assert "mosquitto_sub" in test and "$SYS/" in test
-    assert '-u "$MQTT_USER"' in test and '-P "$MQTT_PASSWORD"' in test
+    assert "-u occ-monitor" in test and '-P "$MQTT_PASSWORD"' in test
     assert "-C 1" in test and re.search(r"-W \d+", test)
 
 
