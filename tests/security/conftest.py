@@ -105,6 +105,8 @@ class Client:
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self.connack = reason
+        if reason.is_failure:  # no reconnect loop: the network thread ends here (and closes its sockets)
+            client.disconnect()
         self.connected.set()
 
     def wait_connack(self, timeout: float = 10) -> Any:
@@ -122,3 +124,31 @@ class Client:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def connack(url: str, *, username: str | None = None, password: str | None = None, v5: bool = True,
+            timeout: float = 10) -> Any:
+    """The broker's answer to one CONNECT (reason code), on this thread (no network thread, no reconnect)."""
+    address = BrokerAddress.parse(url)
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"sec-{uuid.uuid4().hex[:8]}",
+                         protocol=paho.MQTTv5 if v5 else paho.MQTTv311)
+    user = username if username is not None else address.username
+    if user is not None:
+        client.username_pw_set(user, password if password is not None else address.password)
+    if address.tls:
+        client.tls_set_context(address.ssl_context())
+    answer: list[Any] = []
+    client.on_connect = lambda c, u, f, reason, p: answer.append(reason)
+    try:
+        client.connect(address.host, address.port, keepalive=30)
+        deadline = time.monotonic() + timeout
+        while not answer and time.monotonic() < deadline and client.loop(0.05) == paho.MQTT_ERR_SUCCESS:
+            pass
+        if answer and not answer[0].is_failure:
+            client.disconnect()
+    finally:
+        sock = client.socket()
+        if sock is not None:
+            sock.close()
+    assert answer, "no CONNACK"
+    return answer[0]

@@ -23,7 +23,7 @@ from occ.embedded.proc import die_with_parent
 from occ.embedded.tls import ensure_tls_files
 from occ.store import Store
 from tests.integration.ingest_helpers import seed_devices
-from tests.security.conftest import Client
+from tests.security.conftest import Client, connack
 from tests.security.test_closed_broker import DEVICES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,9 +77,7 @@ async def test_broker_auth_command_closes_and_updates_a_broker_it_does_not_own(
     try:
         assert await asyncio.to_thread(wait_for_port, "127.0.0.1", port, 15), (folder / "broker.log").read_text()
         # Before broker-auth: empty files, nobody gets in.
-        nobody = Client(f"mqtt://occ-monitor:{SERVICE_PASSWORD}@127.0.0.1:{port}")
-        assert nobody.wait_connack().is_failure
-        nobody.close()
+        assert connack(f"mqtt://occ-monitor:{SERVICE_PASSWORD}@127.0.0.1:{port}").is_failure
         renderer = start_broker_auth(database_url, folder)
         monitor = await _connect_eventually(f"mqtt://occ-monitor:{SERVICE_PASSWORD}@127.0.0.1:{port}")
         monitor.client.subscribe("$SYS/broker/uptime", 0)
@@ -117,10 +115,10 @@ async def _connect_eventually(url: str, timeout: float = 15) -> Client:
     """broker-auth renders within about a second of starting (or of a change)."""
     deadline = time.monotonic() + timeout
     while True:
-        client = Client(url)
-        reason = await asyncio.to_thread(client.wait_connack)
+        reason = await asyncio.to_thread(connack, url)
         if not reason.is_failure:
+            client = Client(url)
+            assert not (await asyncio.to_thread(client.wait_connack)).is_failure
             return client
-        client.close()
         assert time.monotonic() < deadline, f"still refused: {reason}"
         await asyncio.sleep(0.3)

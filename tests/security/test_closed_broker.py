@@ -21,7 +21,7 @@ from occ.broker_auth import verify_password
 from occ.cli_credentials import read_credentials_file
 from occ.models import Device
 from tests.integration.ingest_helpers import running_ingest, seed_devices
-from tests.security.conftest import Client, ClosedStack
+from tests.security.conftest import Client, ClosedStack, connack
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVICES = [Device("SEC-A", "hydromet", "A", area="bac-quang"),
@@ -71,16 +71,10 @@ async def test_anonymous_and_wrong_passwords_are_refused(closed_stack: ClosedSta
     passwords = await issue(capsys, closed_stack, "issue", "SEC-A")
     await wait_synced(closed_stack, before)
     for v5 in (True, False):
-        anonymous = Client(closed_stack.broker.url, v5=v5)
-        wrong = Client(closed_stack.broker.url, username="SEC-A", password="not-" + passwords["SEC-A"], v5=v5)
-        right = Client(closed_stack.broker.url, username="SEC-A", password=passwords["SEC-A"], v5=v5)
-        try:
-            assert anonymous.wait_connack().is_failure
-            assert wrong.wait_connack().is_failure
-            assert not right.wait_connack().is_failure
-        finally:
-            for client in (anonymous, wrong, right):
-                client.close()
+        url = closed_stack.broker.url
+        assert connack(url, v5=v5).is_failure
+        assert connack(url, username="SEC-A", password="not-" + passwords["SEC-A"], v5=v5).is_failure
+        assert not connack(url, username="SEC-A", password=passwords["SEC-A"], v5=v5).is_failure
 
 
 async def test_devices_speak_only_for_themselves(closed_stack: ClosedStack,
@@ -142,14 +136,8 @@ async def test_rotate_and_revoke_reach_the_running_broker(closed_stack: ClosedSt
     rotated = await issue(capsys, stack, "rotate", "SEC-A")
     assert rotated["SEC-A"] != first["SEC-A"]
     await wait_synced(stack, before)
-    old = Client(stack.broker.url, username="SEC-A", password=first["SEC-A"])
-    new = Client(stack.broker.url, username="SEC-A", password=rotated["SEC-A"])
-    try:
-        assert old.wait_connack().is_failure
-        assert not new.wait_connack().is_failure
-    finally:
-        old.close()
-        new.close()
+    assert connack(stack.broker.url, username="SEC-A", password=first["SEC-A"]).is_failure
+    assert not connack(stack.broker.url, username="SEC-A", password=rotated["SEC-A"]).is_failure
 
     live = Client(stack.broker.url, username="SEC-B", password=first["SEC-B"])
     try:
@@ -161,11 +149,7 @@ async def test_rotate_and_revoke_reach_the_running_broker(closed_stack: ClosedSt
         assert await asyncio.to_thread(live.disconnected.wait, 5.0), "a revoked device stayed connected"
     finally:
         live.close()
-    again = Client(stack.broker.url, username="SEC-B", password=first["SEC-B"])
-    try:
-        assert again.wait_connack().is_failure
-    finally:
-        again.close()
+    assert connack(stack.broker.url, username="SEC-B", password=first["SEC-B"]).is_failure
 
 
 async def test_credentials_commands(database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,7 +15,7 @@ import pytest
 from occ.cli_credentials import issue_for
 from occ.store import Store
 from tests.integration.ingest_helpers import running_ingest, seed_devices
-from tests.security.conftest import Client, ClosedStack
+from tests.security.conftest import Client, ClosedStack, connack
 from tests.security.test_closed_broker import DEVICES, readings
 
 
@@ -77,11 +77,7 @@ async def test_a_client_that_does_not_trust_the_ca_fails(closed_stack: ClosedSta
 
 async def test_tls_does_not_replace_the_password(closed_stack: ClosedStack) -> None:
     assert closed_stack.broker.tls_url is not None
-    anonymous = Client(closed_stack.broker.tls_url)
-    try:
-        assert anonymous.wait_connack().is_failure
-    finally:
-        anonymous.close()
+    assert connack(closed_stack.broker.tls_url).is_failure
 
 
 def test_the_plain_listener_can_be_turned_off(tmp_path_factory: pytest.TempPathFactory) -> None:
