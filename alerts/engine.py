@@ -54,7 +54,7 @@ _NEG_INF = float("-inf")
 class _Series:
     """Per (device, metric): the newest timestamp applied and the shared rolling windows."""
 
-    __slots__ = ("device_id", "handlers", "key", "last_ts", "windows", "wins")
+    __slots__ = ("device_id", "handlers", "key", "last_ts", "volatile", "windows", "wins")
 
     def __init__(self, key: str, device_id: str) -> None:
         self.key = key
@@ -63,6 +63,9 @@ class _Series:
         self.windows: dict[float, SeriesWindows] = {}
         self.wins: list[SeriesWindows] = []
         self.handlers: list[tuple[int, Instance, Any, Any, tuple[float, float]]] = []
+        self.volatile: tuple[str, ...] = ()
+        """Keys of the instances every reading changes (rate and anomaly: their history); the others are
+        marked dirty only when a reading changes them."""
 
     def dump(self) -> dict[str, Any]:
         return {"t": None if self.last_ts == _NEG_INF else self.last_ts,
@@ -120,6 +123,9 @@ class Engine:
         self._watched: set[str] = set()  # devices a deadman rule watches: only their last-seen time is state
         self._journal: list[tuple[Any, ...]] | None = None
         self._restored_clock: dict[str, Any] = {}
+        self._cow: dict[str, list[str]] = {}
+        """A checkpoint in progress: per device, its keys not captured yet (see `start_checkpoint`)."""
+        self._cow_out: dict[str, bytes | None] | None = None
         self._comp_members: dict[str, set[tuple[str, str]]] = {}
         self._refs: dict[str, list[Rule]] = {}
         self._per_rule: dict[str, int] = {}
@@ -142,6 +148,7 @@ class Engine:
 
     # -- configuration -------------------------------------------------------------------------------------
     def set_devices(self, devices: Iterable[Device], *, _rebind: bool = True) -> None:
+        self._capture_all()
         self.devices = {d.id: d for d in devices}
         if _rebind:
             self._clear_routes()
@@ -150,6 +157,7 @@ class Engine:
     def set_rules(self, rules: RuleSet) -> None:
         """Swap the rule set. Instances of unchanged rules keep their state; instances of changed rules keep
         their episode but re-bind; removed rules resolve their open episodes."""
+        self._capture_all()
         old = self.rules.by_name()
         new = rules.by_name()
         self.rules = rules
@@ -189,10 +197,12 @@ class Engine:
         self._bind_deadman()
 
     def set_silences(self, silences: list[SilenceRule]) -> None:
+        self._capture_all()
         self.muting.silences = silences
 
     def set_maintenance(self, windows: list[Window]) -> None:
         """Maintenance windows from the database (operators), in addition to those in rule files."""
+        self._capture_all()
         self._db_windows = list(windows)
         self.muting.windows = windows_from_rules(self.rules.maintenance) + self._db_windows
 
@@ -202,6 +212,7 @@ class Engine:
         self._event_routes = {}
         for series in self._series.values():
             series.handlers = []
+            series.volatile = ()
 
     def _drop(self, fp: str) -> None:
         inst = self._instances.pop(fp)
@@ -310,6 +321,7 @@ class Engine:
             else:
                 handlers.append((_ANOMALY, inst, rule.z, None, lo))
         series.handlers = handlers
+        series.volatile = tuple(h[1].key for h in handlers if h[0] in (_RATE, _ANOMALY))
         series.wins = list(series.windows.values())
         self._routes[(device_id, metric)] = series if handlers else None
         return series if handlers else None
@@ -353,6 +365,8 @@ class Engine:
         journal = self._journal
         if journal is not None:
             journal.append(("r", device_id, metric, ts, value))
+        if self._cow and device_id in self._cow:
+            self._capture(device_id)
         seen = self._last_seen.get(device_id, _NEG_INF)
         if ts > seen:
             self._last_seen[device_id] = ts
@@ -406,6 +420,7 @@ class Engine:
                 inst.value = v
                 if ts > inst.last_ts:
                     inst.last_ts = ts
+                self._dirty.add(inst.key)
                 continue
             self._observe(inst, ts, idx, v, ladder.enter[idx] if idx >= 0 else None, late)
 
@@ -423,6 +438,8 @@ class Engine:
         the event-time watermark."""
         if self._journal is not None:
             self._journal.append(("s", device_id, status, ts, clock))
+        if self._cow and device_id in self._cow:
+            self._capture(device_id)
         if clock and (self.watermark is None or ts > self.watermark):
             self.watermark = ts
             if self.event_clock:
@@ -452,6 +469,8 @@ class Engine:
     def feed_event(self, device_id: str, ts: float, event_type: str, data: Mapping[str, Any]) -> None:
         if self._journal is not None:
             self._journal.append(("e", device_id, ts, event_type, dict(data)))
+        if self._cow and device_id in self._cow:
+            self._capture(device_id)
         if self.watermark is None or ts > self.watermark:
             self.watermark = ts
         rules = self._event_rules.get(event_type)
@@ -543,7 +562,10 @@ class Engine:
         self._late_before = now - self.late_after_s
         # Sorted: timers due in the same tick leave in the same order in every process (sets of objects and
         # of strings iterate in an order that differs between runs; a restarted engine must replay identically).
+        cow = self._cow
         for inst in sorted(self._timed, key=_fingerprint):
+            if cow and inst.device_id in cow:
+                self._capture(inst.device_id)
             if inst.hold_until is not None and now >= inst.hold_until:
                 until = inst.hold_until
                 inst.hold_until = None
@@ -557,6 +579,8 @@ class Engine:
             self._track(inst)
         started = self.started
         for inst, device_id, limit in self._deadman:
+            if cow and device_id in cow:
+                self._capture(device_id)
             seen = self._last_seen.get(device_id)
             silent_since = (seen if seen is not None else started)
             silent = now - silent_since > limit
@@ -585,6 +609,7 @@ class Engine:
                 continue
             muted = self._mute(inst, self._labels(inst), now)
             if muted != inst.muted:
+                self._before_change(inst)
                 inst.muted = muted
                 inst._emit(inst.state, inst.severity, now, f"muted: {muted}" if muted else "no longer muted")
                 self._dirty.add(inst.key)
@@ -636,6 +661,7 @@ class Engine:
             state = snap[0]
             labels = self._labels(inst, snap)
             if not reason.startswith(("muted:", "no longer muted")):
+                self._before_change(inst)
                 inst.muted = self._mute(inst, labels, max(ts, now))
             out.transitions.append(self._transition(inst, labels, from_state, from_sev, snap, ts, reason))
             if self.rules.inhibit and inst.device_id is not None:
@@ -661,6 +687,7 @@ class Engine:
                 labels = self._labels(inst)
                 muted = self._mute(inst, labels, now)
                 if muted != inst.muted:
+                    self._before_change(inst)
                     inst.muted = muted
                     reason = f"muted: {muted}" if muted else "no longer muted"
                     current: Snap = (inst.state, inst.severity, inst.level_idx, inst.value, inst.threshold,
@@ -719,6 +746,7 @@ class Engine:
             self._journal.append(("o", fingerprint))
         inst = self._instances.get(fingerprint)
         if inst is not None:
+            self._before_change(inst)
             inst.operator_resolved()
             self._dirty.add(inst.key)
             self._track(inst)
@@ -738,17 +766,24 @@ class Engine:
             keys |= self._stored
             full_out = {key: self._dump(key) for key in keys}
             return {k: v for k, v in full_out.items() if v is not None or k in self._stored}
+        self._capture_all()
+        out: dict[str, bytes | None] = {}
+        self._dump_into(self._changed_keys(), out)
+        return out
+
+    def _changed_keys(self) -> set[str]:
         keys = set(self._dirty)
         for series in self._touched:
             keys.add(series.key)
-            for handler in series.handlers:
-                keys.add(handler[1].key)
+            keys.update(series.volatile)
         self._touched.clear()
         keys.update("d:" + d for d in self._seen)
         self._seen.clear()
         keys.add("m:engine")  # the clocks (now, watermark, lateness horizon) move with every step
         self._dirty.clear()
-        out: dict[str, bytes | None] = {}
+        return keys
+
+    def _dump_into(self, keys: Iterable[str], out: dict[str, bytes | None]) -> None:
         stored = self._stored
         for key in keys:
             data = self._dump(key)
@@ -758,7 +793,61 @@ class Engine:
             elif key in stored:  # was kept before: delete it
                 out[key] = None
                 stored.discard(key)
-        return out
+
+    # -- checkpoints without a pause: copy-on-write by device ------------------------------------------------
+    def start_checkpoint(self) -> None:
+        """Begin an incremental snapshot of the state *as of now*, taken piecemeal: the keys of no device (the
+        clocks, incidents, area composites) are captured at once; each device's keys are captured the first
+        time anything is about to change that device (`_capture`, called on every path that changes a
+        device's series, instances or last-seen time), or by `continue_checkpoint`. So a checkpoint of
+        30,000 changed keys does not stop the engine for the half second a whole snapshot takes."""
+        self._capture_all()  # one at a time
+        out: dict[str, bytes | None] = {}
+        pending: dict[str, list[str]] = {}
+        eager: list[str] = []
+        for key in self._changed_keys():
+            kind, _, rest = key.partition(":")
+            device = rest.rpartition("|")[2] if kind in ("i", "s", "c") else rest if kind == "d" else ""
+            if not device or device.startswith("area:") or kind == "s":
+                if kind == "s":  # "s:device|metric": the device is before the bar
+                    pending.setdefault(rest.partition("|")[0], []).append(key)
+                    continue
+                eager.append(key)
+            else:
+                pending.setdefault(device, []).append(key)
+        self._dump_into(eager, out)
+        self._cow_out = out
+        self._cow = pending
+
+    def continue_checkpoint(self, devices: int) -> bool:
+        """Capture up to `devices` more devices; True once the checkpoint is whole (`take_checkpoint`)."""
+        cow = self._cow
+        for _ in range(min(devices, len(cow))):
+            self._capture(next(iter(cow)))
+        return not cow
+
+    def take_checkpoint(self) -> dict[str, bytes | None]:
+        """The checkpoint started by `start_checkpoint` (completed now if need be): {key: bytes | None}."""
+        self._capture_all()
+        out, self._cow_out = self._cow_out, None
+        return out or {}
+
+    @property
+    def checkpointing(self) -> bool:
+        return self._cow_out is not None
+
+    def _capture(self, device_id: str | None) -> None:
+        keys = self._cow.pop(device_id, None) if device_id is not None else None
+        if keys and self._cow_out is not None:
+            self._dump_into(keys, self._cow_out)
+
+    def _capture_all(self) -> None:
+        while self._cow:
+            self._capture(next(iter(self._cow)))
+
+    def _before_change(self, inst: Instance) -> None:
+        if self._cow and inst.device_id in self._cow:
+            self._capture(inst.device_id)
 
     def _dump(self, key: str) -> bytes | None:
         kind, _, rest = key.partition(":")

@@ -137,26 +137,34 @@ def state_of(engine: Engine) -> dict[str, Any]:
 
 @pytest.mark.parametrize("seed", range(4))
 def test_checkpoint_plus_replayed_journal_is_the_recording_engine(seed: int) -> None:
+    """Checkpoints are taken as the service takes them: started between steps, captured piecemeal while the
+    engine goes on (copy-on-write by device), written when whole. A kill at any step (even while a checkpoint
+    is being captured) restores the last whole checkpoint and replays the journal after its position."""
     rng = random.Random(seed)
     levels = {d.id: 9.0 for d in STATIONS}
     live = new_engine()
     live.record_inputs()
-    stored: dict[str, bytes] = {}    # what the checkpoints wrote
-    journal: list[list[Any]] = []    # steps committed since the last checkpoint (as JSON, like the store)
+    stored: dict[str, bytes] = {}                # what the whole checkpoints wrote
+    journal: list[tuple[int, list[Any]]] = []    # (step, records as JSON) after the last whole checkpoint
+    capturing_from: int | None = None
     for k in range(160):
         apply(live, step_inputs(rng, k, levels))
-        journal.append(orjson.loads(orjson.dumps(live.take_journal())))
-        if rng.random() < 0.08:      # a checkpoint: the incremental snapshot, the journal compacted
-            for key, value in live.snapshot().items():
+        journal.append((k, orjson.loads(orjson.dumps(live.take_journal()))))
+        if capturing_from is not None and live.continue_checkpoint(rng.choice((0, 1, 3))):
+            for key, value in live.take_checkpoint().items():
                 if value is None:
                     stored.pop(key, None)
                 else:
                     stored[key] = value
-            journal = []
+            journal = [(step, records) for step, records in journal if step > capturing_from]
+            capturing_from = None
+        if capturing_from is None and rng.random() < 0.15:  # a checkpoint of the state after step k begins
+            live.start_checkpoint()
+            capturing_from = k
         if rng.random() < 0.1:       # kill -9 here: restore the last checkpoint, replay what followed it
             restarted = new_engine()
             restarted.restore(dict(stored))
-            restarted.replay(rec for step in journal for rec in step)
+            restarted.replay(rec for _, records in journal for rec in records)
             assert state_of(restarted) == state_of(live), f"step {k}"
             # ... and both decide the same from here on.
             rng_state = rng.getstate()
@@ -164,11 +172,31 @@ def test_checkpoint_plus_replayed_journal_is_the_recording_engine(seed: int) -> 
             rng.setstate(rng_state)
             twin = new_engine()
             twin.restore(dict(stored))
-            twin.replay(rec for step in journal for rec in step)
+            twin.replay(rec for _, records in journal for rec in records)
             twin.started = live.started  # same start-up grace as the live one, to compare deadman too
             reference = _copy(live)
             assert [apply(twin, c) for c in ahead] == [apply(reference, c) for c in ahead]
-    assert sum(len(s) for s in journal) or stored  # the run exercised something
+    assert stored and journal  # the run exercised both
+
+
+def test_a_checkpoint_captured_piecemeal_is_the_state_when_it_began() -> None:
+    rng = random.Random(11)
+    levels = {d.id: 9.0 for d in STATIONS}
+    eng = new_engine()
+    for k in range(40):
+        apply(eng, step_inputs(rng, k, levels))
+    eng.snapshot()
+    for k in range(40, 50):
+        apply(eng, step_inputs(rng, k, levels))
+    expected = eng.snapshot(full=True)
+    eng.start_checkpoint()
+    assert eng.checkpointing
+    for k in range(50, 60):  # the engine goes on; devices are captured as they are about to change
+        apply(eng, step_inputs(rng, k, levels))
+        eng.continue_checkpoint(1)
+    got = eng.take_checkpoint()
+    assert not eng.checkpointing
+    assert len(got) > 10 and all(expected[key] == value for key, value in got.items())
 
 
 def _copy(live: Engine) -> Engine:

@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 import orjson
+import pytest
 
 from alerts.engine import Engine
 from alerts.rules import parse_rules
@@ -65,15 +66,13 @@ def reference() -> list[tuple[str, str, int, float]]:
 
 
 def start_alerts(database_url: str, mqtt_url: str, rules_dir: Path, prefix: str, client_id: str,
-                 *, wait: bool = True) -> subprocess.Popen[bytes]:
+                 *, wait: bool = True, checkpoint_s: str = "3600") -> subprocess.Popen[bytes]:
     """`occ alerts` as a child process; with `wait`, returns once /healthz says it is connected."""
     port = free_port()
     env = {**os.environ, "OCC_DATABASE_URL": database_url, "OCC_MQTT_URL": mqtt_url,
            "OCC_ALERTS__RULES_DIR": str(rules_dir), "OCC_ALERTS__CLOCK": "event",
            "OCC_ALERTS__CLIENT_ID": client_id, "OCC_ALERTS__HTTP_PORT": str(port), "OCC_ALERTS__TICK_MS": "100",
-           # No checkpoint while running (only the one after the replay at start): each kill -9 leaves a journal
-           # that the next start must replay exactly (tests/alerts/test_journal.py covers checkpoint + journal).
-           "OCC_ALERTS__CHECKPOINT_S": "3600",
+           "OCC_ALERTS__CHECKPOINT_S": checkpoint_s,
            "OCC_MQTT__TOPIC_PREFIX": prefix, "OCC_CONFIG_DIR": str(ROOT / "config"),
            "OCC_DATABASE__TIMESCALEDB": "off", "OCC_LOG_LEVEL": "WARNING"}
     proc = subprocess.Popen([sys.executable, "-m", "occ.cli", "alerts"], env=env)
@@ -90,8 +89,12 @@ def start_alerts(database_url: str, mqtt_url: str, rules_dir: Path, prefix: str,
     return proc
 
 
+@pytest.mark.parametrize("checkpoint_s", ["3600", "0.2"], ids=["journal-only", "checkpoints-while-running"])
 async def test_kill_9_at_any_moment_neither_refires_loses_nor_duplicates(
-        database_url: str, mqtt_url: str, mqtt_services_url: str, tmp_path: Path) -> None:
+        database_url: str, mqtt_url: str, mqtt_services_url: str, tmp_path: Path, checkpoint_s: str) -> None:
+    """`journal-only`: no checkpoint while running (only the one after the replay at start), so each kill -9
+    leaves a journal the next start must replay exactly. `checkpoints-while-running`: checkpoints every 0.2 s,
+    captured piecemeal and written in the background, so kills fall before, during and after them."""
     await seed_devices(database_url, [STATION])
     (tmp_path / "flood.yaml").write_text(RULES)
     prefix = f"k{uuid.uuid4().hex[:8]}/v1"
@@ -102,7 +105,8 @@ async def test_kill_9_at_any_moment_neither_refires_loses_nor_duplicates(
     publisher = Publisher(mqtt_url)
     topic = f"{prefix}/hydromet/{STATION.id}/telemetry"
     rng = random.Random(9)
-    proc = start_alerts(database_url, mqtt_services_url, tmp_path, prefix, client_id)
+    proc = start_alerts(database_url, mqtt_services_url, tmp_path, prefix, client_id,
+                                checkpoint_s=checkpoint_s)
     kills = 0
     try:
         data = readings()
@@ -112,8 +116,9 @@ async def test_kill_9_at_any_moment_neither_refires_loses_nor_duplicates(
             publisher.publish(topic, orjson.dumps({"ts": ts, "values": {"water_level_m": value}}))
         publisher.wait()
         assert await asyncio.to_thread(recorder.wait_for, lambda ps: any(p["state"] == "pending" for p in ps), 60)
-        [journal] = await fetch(database_url, "SELECT count(*) AS n FROM alert_engine_journal")
-        assert journal["n"] > 0, "the state to recover is in the journal: the restart must replay it"
+        if checkpoint_s == "3600":
+            [journal] = await fetch(database_url, "SELECT count(*) AS n FROM alert_engine_journal")
+            assert journal["n"] > 0, "the state to recover is in the journal: the restart must replay it"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
@@ -126,13 +131,15 @@ async def test_kill_9_at_any_moment_neither_refires_loses_nor_duplicates(
                 publisher.publish(topic, orjson.dumps({"ts": ts, "values": {"water_level_m": value}}))
             publisher.wait()
             if n == 0:
-                proc = start_alerts(database_url, mqtt_services_url, tmp_path, prefix, client_id)
+                proc = start_alerts(database_url, mqtt_services_url, tmp_path, prefix, client_id,
+                                checkpoint_s=checkpoint_s)
             elif n in (2, 4):
                 await asyncio.sleep(rng.uniform(0.0, 1.5))
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 kills += 1
-                proc = start_alerts(database_url, mqtt_services_url, tmp_path, prefix, client_id)
+                proc = start_alerts(database_url, mqtt_services_url, tmp_path, prefix, client_id,
+                                checkpoint_s=checkpoint_s)
         # 3. Let it finish.
         deadline = time.monotonic() + 60
         rows = []
