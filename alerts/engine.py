@@ -602,8 +602,11 @@ class Engine:
         return self._take()
 
     def _refresh_mutes(self, now: float) -> None:
-        if not (self.muting.silences or self.muting.windows or self.rules.inhibit):
-            return  # nothing can mute an episode except flapping, which transitions decide
+        if not (self.muting.silences or self.muting.windows or self.rules.inhibit) and not any(
+                inst.muted in ("silenced", "maintenance") for inst in self._live):
+            # Nothing can mute an episode except flapping, which transitions decide. (Before: also when the last
+            # silence or window had just been deleted, so the episodes it muted stayed muted.)
+            return
         for inst in sorted(self._live, key=_fingerprint):
             if inst.state not in ACTIVE or inst.rule.internal:
                 continue

@@ -227,8 +227,75 @@ def bench_core(args: argparse.Namespace) -> dict[str, Any]:
 
 # --- end to end -------------------------------------------------------------------------------------------
 
+class RawPublisher:
+    """The device side of the load: MQTT 3.1.1 PUBLISH frames at QoS 1 written straight to a socket, PUBACKs
+    read and dropped by a thread. paho cost about a core at 5,000 msg/s on the test machine, starving the
+    service it was measuring on two shared cores; this costs a few µs a message. The broker sees exactly what
+    devices send (QoS 1, one message per reading), and delivers at QoS 1."""
+
+    def __init__(self, host: str, port: int, client_id: str) -> None:
+        import socket
+        import struct
+
+        self._struct = struct
+        self.sock = socket.create_connection((host, port), timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        body = self._utf8("MQTT") + bytes((4, 0x02)) + struct.pack("!H", 0) + self._utf8(client_id)
+        self.sock.sendall(b"\x10" + self._varint(len(body)) + body)
+        connack = self.sock.recv(4)
+        if len(connack) < 4 or connack[0] != 0x20 or connack[3] != 0:
+            raise SystemExit(f"bench publisher: CONNECT refused ({connack!r})")
+        self.sock.settimeout(None)
+        self.packet_id = 0
+        self.acked_bytes = 0
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    @staticmethod
+    def _varint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            byte, n = n & 0x7F, n >> 7
+            out.append(byte | (0x80 if n else 0))
+            if not n:
+                return bytes(out)
+
+    def _utf8(self, text: str) -> bytes:
+        raw = text.encode()
+        return self._struct.pack("!H", len(raw)) + raw
+
+    def frame(self, topic: str, payload: bytes) -> bytes:
+        self.packet_id = self.packet_id % 65535 + 1
+        body = self._utf8(topic) + self._struct.pack("!H", self.packet_id) + payload
+        return b"\x32" + self._varint(len(body)) + body
+
+    def send(self, frames: list[bytes]) -> None:
+        self.sock.sendall(b"".join(frames))
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(1 << 16)
+            except OSError:
+                return
+            if not data:
+                return
+            self.acked_bytes += len(data)
+
+    def close(self) -> None:
+        import socket
+
+        try:
+            self.sock.sendall(b"\xe0\x00")  # DISCONNECT
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
 class Probes:
-    """Publishes the load with paho (QoS 1) and records when each probe went out and when its alert came."""
+    """Publishes the load (QoS 1, `RawPublisher`) and records when each probe went out and when its alert
+    came (paho subscriber)."""
 
     def __init__(self, mqtt_url: str) -> None:
         import paho.mqtt.client as paho
@@ -238,11 +305,7 @@ class Probes:
         address = BrokerAddress.parse(mqtt_url)
         self.sent: dict[tuple[str, float], float] = {}
         self.received: dict[tuple[str, float], float] = {}
-        self.pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{os.getpid()}")
-        self.pub.max_inflight_messages_set(2000)
-        self.pub.max_queued_messages_set(0)
-        self.pub.connect(address.host, address.port)
-        self.pub.loop_start()
+        self.pub = RawPublisher(address.host, address.port, f"bench-pub-{os.getpid()}")
         subscribed = threading.Event()
         self.sub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{os.getpid()}")
         self.sub.on_connect = lambda c, u, f, rc, p: c.subscribe("occ/v1/_sys/alerts/#", 1)
@@ -270,29 +333,34 @@ class Probes:
             if wait > 0:
                 time.sleep(wait)
             now = time.time()
+            frames: list[bytes] = []
+            chunk_probes: list[tuple[str, float]] = []
             for _ in range(chunk):
+                ts = round(now, 3)
                 if probes and k % 100 == 0:
                     device = probes[(k // 100) % len(probes)]
                     value = 20.0 if (k // 100 // len(probes)) % 2 == 0 else 0.0
-                    ts = round(now, 3)
-                    self.sent[(device, ts)] = time.time()
+                    chunk_probes.append((device, ts))
                 else:
                     device = devices[k % len(devices)]
                     value = 0.0
-                    ts = round(now, 3)
-                self.pub.publish(f"occ/v1/hydromet/{device}/telemetry",
-                                 orjson.dumps({"ts": ts, "values": {"rain_mm": value}}), qos=1)
+                frames.append(self.pub.frame(f"occ/v1/hydromet/{device}/telemetry",
+                                             orjson.dumps({"ts": ts, "values": {"rain_mm": value}})))
                 k += 1
                 sent += 1
+            stamp = time.time()
+            for key in chunk_probes:
+                self.sent[key] = stamp
+            self.pub.send(frames)
         return sent
 
     def latencies_ms(self) -> list[float]:
         return [(self.received[key] - t) * 1000 for key, t in self.sent.items() if key in self.received]
 
     def close(self) -> None:
-        for c in (self.pub, self.sub):
-            c.disconnect()
-            c.loop_stop()
+        self.pub.close()
+        self.sub.disconnect()
+        self.sub.loop_stop()
 
 
 def process_cpu_s(pid: int) -> float:
@@ -302,6 +370,20 @@ def process_cpu_s(pid: int) -> float:
     except OSError:
         return math.nan
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(pid: int | None) -> float:
+    """CPU seconds of a process and its live children (PostgreSQL's backends), from /proc."""
+    if pid is None:
+        return math.nan
+    total = process_cpu_s(pid)
+    for child in Path("/proc").glob("[0-9]*"):
+        try:
+            if child.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1] == str(pid):
+                total += process_cpu_s(int(child.name))
+        except (OSError, IndexError):
+            continue
+    return total
 
 
 def machine_busy_s() -> float:
@@ -377,12 +459,15 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
         probes.sent.clear()
         log(f"e2e: {args.rate:,.0f} msg/s for {args.seconds:.0f} s into occ alerts ({len(devices)} devices)")
         acked0, cpu0, busy0, wall0 = received_total(port), process_cpu_s(proc.pid), machine_busy_s(), time.time()
+        helpers0 = [tree_cpu_s(p) for p in (os.getpid(), broker.pid, pg.pid)]
         sent = probes.run(others, probe_ids, args.rate, args.seconds)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and (len(probes.received) < len(probes.sent) * 0.99
                                                or received_total(port) < acked0 + sent):
             time.sleep(0.2)
         acked1, cpu1, busy1, wall1 = received_total(port), process_cpu_s(proc.pid), machine_busy_s(), time.time()
+        helpers = [round((tree_cpu_s(p) - c0) / (wall1 - wall0), 3)
+                  for p, c0 in zip((os.getpid(), broker.pid, pg.pid), helpers0, strict=True)]
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
                 text = r.read().decode()
@@ -399,13 +484,17 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
                   "e2e_service_cpu_us_per_msg": round((cpu1 - cpu0) / max(1.0, handled) * 1e6, 1),
                   "e2e_service_cpu_share": round((cpu1 - cpu0) / (wall1 - wall0), 3),
                   "e2e_machine_busy_cores": round((busy1 - busy0) / (wall1 - wall0), 2),
+                  "e2e_load_generator_cpu_share": helpers[0], "e2e_broker_cpu_share": helpers[1],
+                  "e2e_postgres_cpu_share": helpers[2],
                   "e2e_probes": len(probes.sent),
                   "e2e_alerts_matched": len(lat), "e2e_p50_ms": round(percentile(lat, 50), 1),
                   "e2e_p99_ms": round(percentile(lat, 99), 1), "e2e_max_ms": round(max(lat), 1) if lat else None}
         log(f"e2e: {len(lat)}/{len(probes.sent)} probes answered; p50 {result['e2e_p50_ms']} ms, "
             f"p99 {result['e2e_p99_ms']} ms; handled {handled:,.0f} of {sent:,} messages in {wall1 - wall0:.1f} s; "
             f"service {result['e2e_service_cpu_us_per_msg']} µs CPU per message "
-            f"({result['e2e_service_cpu_share']:.0%} of a core); machine busy {result['e2e_machine_busy_cores']} cores")
+            f"({result['e2e_service_cpu_share']:.0%} of a core); "
+            f"machine busy {result['e2e_machine_busy_cores']} cores, "
+            f"of which load generator {helpers[0]:.0%}, broker {helpers[1]:.0%}, PostgreSQL {helpers[2]:.0%} of a core")
         return result
     finally:
         if probes is not None:

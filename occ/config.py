@@ -204,7 +204,7 @@ class AlertsConfig:
     clock: str = field(default="wall", metadata=one_of("wall", "event"))
     """wall: processing time is the wall clock. event: it is the newest event time received (replays, scenario
     tests with `occ simulate --fast`): timers, deadman and lateness follow the data stream, never the wall."""
-    checkpoint_s: float = field(default=10.0, metadata=between(0.1, 86_400))
+    checkpoint_s: float = field(default=30.0, metadata=between(0.1, 86_400))
     """Engine state is written this often; between checkpoints each step commits only its inputs (a journal),
     which a restart replays: at most this much."""
 

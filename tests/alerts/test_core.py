@@ -538,3 +538,18 @@ def test_composite_scope_device_any_and_m_of_n_and_restart() -> None:
     restarted.feed_reading("WL1", "rain_mm", T0 + 60, 55.0)
     [f] = restarted.take().transitions
     assert (f.fingerprint, f.state, f.value) == ("flood-risk|WL1", "firing", 2.0)
+
+
+def test_deleting_the_last_silence_unmutes_its_episodes() -> None:
+    """Before: with no silence, window or inhibit rule left, the mute refresh returned at once, so an episode
+    muted by the last silence stayed muted after it was deleted."""
+    eng = flood()
+    eng.tick(T0)
+    eng.set_silences([SilenceRule(1, (LabelMatch.build({"label": "rule", "op": "=", "value": "flood"}),),
+                                  T0, T0 + 3600)])
+    eng.feed_reading("WL1", "water_level_m", T0 + 10, 99.5)
+    [t] = eng.take().transitions
+    assert (t.state, t.muted) == ("firing", "silenced")
+    eng.set_silences([])
+    [u] = eng.tick(T0 + 20).transitions
+    assert (u.state, u.muted, u.reason) == ("firing", None, "no longer muted")

@@ -119,3 +119,49 @@ async def test_a_reload_requested_over_mqtt_installs_new_rule_files(database_url
             assert time.monotonic() < deadline, [r.name for r in service.rules.rules]
             await asyncio.sleep(0.05)
         assert service.unacked == 0  # the control message is acknowledged, never held
+
+
+async def test_a_maintenance_window_stored_in_the_database_mutes_and_unmutes(
+        database_url: str, mqtt_url: str, mqtt_services_url: str, rules_dir: Path) -> None:
+    """Operators keep recurring maintenance windows in the database (`alert_maintenance`, local time of the
+    site): the running service picks them up, mutes the episodes they match (and only those), and unmutes them
+    when the window is deleted."""
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    other = Device("HG-T-WL02", "hydromet", "Sông Chảy tại Thử Nghiệm", area="vi-xuyen",
+                   attributes={"report_interval_s": 600, "alarm_levels_m": {"I": 61.5, "II": 63.5, "III": 65.5}})
+    await seed_devices(database_url, [STATION, other])
+    local_now = datetime.now(ZoneInfo("Asia/Ho_Chi_Minh"))
+    store = await Store.connect(database_url, pool_size=1, migrate=False)
+    try:
+        window = await store.create_maintenance(
+            name="bảo trì Bắc Quang", matchers=[{"label": "area", "op": "=", "value": "bac-quang"}],
+            start_local=(local_now - timedelta(hours=1)).time().replace(microsecond=0), duration_s=4 * 3600,
+            author="op1", comment="thay cảm biến")
+        recorder = Recorder(mqtt_url)
+        publisher = Publisher(mqtt_url)
+        try:
+            async with running_alerts(database_url, mqtt_services_url, rules_dir):
+                now = time.time()
+                for device in (STATION, other):
+                    publisher.publish(f"occ/v1/hydromet/{device.id}/telemetry", reading(62.0, now))
+                publisher.wait()
+                assert await asyncio.to_thread(recorder.wait_for, lambda ps: len(ps) >= 2)
+                by_device = {p["device_id"]: p for p in recorder.unique()}
+                assert by_device[STATION.id]["state"] == "firing"
+                assert by_device[STATION.id]["muted"] == "maintenance"
+                assert by_device[other.id]["muted"] is None, "the window matches bac-quang only"
+                assert await store.delete_maintenance(window.id)
+                assert await asyncio.to_thread(recorder.wait_for, lambda ps: any(
+                    p["device_id"] == STATION.id and p["reason"] == "no longer muted" for p in ps), 20)
+                unmuted = next(p for p in recorder.unique() if p["reason"] == "no longer muted")
+                assert unmuted["muted"] is None and unmuted["state"] == "firing" and unmuted["id"] == \
+                    by_device[STATION.id]["id"]
+            rows = await fetch(database_url, "SELECT device_id, muted FROM alert_episodes ORDER BY device_id")
+            assert [(r["device_id"], r["muted"]) for r in rows] == [(STATION.id, None), (other.id, None)]
+        finally:
+            publisher.close()
+            recorder.close()
+    finally:
+        await store.close()
