@@ -245,6 +245,19 @@ RUMQTTD_WARNING = (
     "(apt-get install mosquitto) for device credentials and ACLs. !!!")
 
 
+def _certificate_hosts(bind: str) -> tuple[str, ...]:
+    """Names and addresses devices may use for the TLS listener: the bound address, or with a wildcard bind the
+    addresses this machine's name resolves to (localhost and the host name are always in the certificate)."""
+    if not is_wildcard(bind):
+        return (bind,)
+    import socket
+
+    try:
+        return tuple(a for a in socket.gethostbyname_ex(socket.gethostname())[2] if not a.startswith("127."))
+    except OSError:
+        return ()
+
+
 def _with_credentials(url: str, username: str, password: str) -> str:
     parts = urlsplit(url)
     host = parts.netloc.rpartition("@")[2]
@@ -491,8 +504,7 @@ class Supervisor:
         if mqtt.tls and kind == "mosquitto":
             from occ.embedded.tls import ensure_tls_files
 
-            extra = () if is_wildcard(self.bind) else (self.bind,)
-            tls = ensure_tls_files(self.var / "tls", hosts=extra)
+            tls = ensure_tls_files(self.var / "tls", hosts=_certificate_hosts(self.bind))
         elif mqtt.tls:
             log.warning("no TLS listener: rumqttd (Mosquitto is not installed) is started without TLS")
         broker = EmbeddedBroker(self.var / "broker", kind=kind,  # type: ignore[arg-type]

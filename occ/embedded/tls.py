@@ -68,7 +68,9 @@ def ensure_tls_files(folder: Path, *, hosts: tuple[str, ...] = ()) -> TlsFiles:
         fresh = cert.not_valid_after_utc - now > dt.timedelta(days=RENEW_BEFORE_DAYS)
         try:
             san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            covers = set(names) <= set(san.get_values_for_type(x509.DNSName))
+            ips = {str(a) for a in san.get_values_for_type(x509.IPAddress)}
+            covers = set(names) <= set(san.get_values_for_type(x509.DNSName)) and {
+                str(ipaddress.ip_address(a)) for a in addresses} <= ips
         except x509.ExtensionNotFound:
             covers = False
         if fresh and covers and cert.issuer == ca_cert.subject:
