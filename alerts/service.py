@@ -280,8 +280,8 @@ class AlertsService:
         self.bus = MqttSubscriber(
             self.mqtt_url, client_id=self.client_id, on_publishes=self._on_publishes, clean_start=False,
             session_expiry_s=self._session_expiry_s, keepalive_s=self._keepalive_s,
-            receive_maximum=min(65535, self.max_unacked),
-        )
+        )  # receive maximum 65535 (every packet id): Mosquitto 2.0.11 sent more than a smaller one allowed, and
+        # the protocol core then drops the connection; `max_unacked` bounds what we hold by pausing the reads
         for topic in self.topics:
             self.bus.subscribe(topic, qos=1)
         self.bus.subscribe(self.reload_topic, qos=1)
@@ -357,10 +357,11 @@ class AlertsService:
                 and not self._in_step:
             # A clean stop leaves no journal to replay. Not when a step was cut short: the engine may then hold
             # inputs whose commit did not happen (their messages are redelivered; the journal replays the rest).
+            # One attempt, briefly: under `occ up` the database may be stopping at the same moment.
             try:
-                await asyncio.wait_for(self._checkpoint(), 30)
+                await asyncio.wait_for(self._checkpoint(retry=False), 5)
             except (StoreUnavailable, TimeoutError):
-                pass
+                log.info("no checkpoint at stop (database unavailable): the next start replays the journal")
         if self.notifier:
             await self.notifier.close()
         if self.bus:
@@ -587,37 +588,38 @@ class AlertsService:
             return True
         return self._journal_since_checkpoint > 0 and time.monotonic() - self._last_checkpoint >= self.checkpoint_s
 
-    async def _write_checkpoint(self, state: dict[str, bytes | None], position: int) -> None:
+    async def _write_checkpoint(self, state: dict[str, bytes | None], position: int, *, retry: bool = True) -> None:
         assert self.store is not None
         began = time.monotonic()
-        await self._retry(self.store.checkpoint_engine, state=state, journal_seq=position,
-                          taken_at=datetime.now(UTC))
+        write = self._retry if retry else _once
+        await write(self.store.checkpoint_engine, state=state, journal_seq=position, taken_at=datetime.now(UTC))
         self.metrics.checkpoints.inc()
         self.metrics.checkpoint_seconds.inc(time.monotonic() - began)
 
-    async def _flush_journal(self) -> None:
+    async def _flush_journal(self, *, retry: bool = True) -> None:
         """Commit inputs not committed yet (idle ticks, operator resolves) as a journal row of their own."""
         assert self.engine is not None and self.store is not None
         records = self.engine.take_journal()
         self._must_commit = False
         if records:
+            write = self._retry if retry else _once
+            await write(self.store.commit_alerts, episodes=[], journal=(self._journal_seq + 1, orjson.dumps(records)),
+                        recorded_at=datetime.now(UTC))
             self._journal_seq += 1
-            await self._retry(self.store.commit_alerts, episodes=[],
-                              journal=(self._journal_seq, orjson.dumps(records)), recorded_at=datetime.now(UTC))
 
-    async def _checkpoint(self) -> None:
+    async def _checkpoint(self, *, retry: bool = True) -> None:
         """A whole checkpoint now, at the current journal position (before a configuration change, after the
         replay at start, at a clean stop): whatever a checkpoint in progress captured plus what changed since,
-        written after any earlier one."""
+        written after any earlier one. `retry=False` (stopping): one attempt, StoreUnavailable if it fails."""
         assert self.engine is not None and self.store is not None
-        await self._flush_journal()
+        await self._flush_journal(retry=retry)
         state = self.engine.take_checkpoint() if self.engine.checkpointing else {}
         state.update(self.engine.snapshot())
         self._capturing_at = None
         if self._checkpoint_write is not None:
             await self._checkpoint_write
             self._checkpoint_write = None
-        await self._write_checkpoint(state, self._journal_seq)
+        await self._write_checkpoint(state, self._journal_seq, retry=retry)
         self._journal_since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
 
@@ -740,6 +742,10 @@ class AlertsService:
         self.metrics.acked.inc(len(batch))
         if bus is not None and bus.paused and self.unacked <= self.max_unacked // 2:
             bus.resume_reading()
+
+
+async def _once(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return await fn(*args, **kwargs)
 
 
 def freeze_long_lived() -> None:
