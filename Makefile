@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-simulate bench-ws setup clean
+.PHONY: run test lint bench bench-simulate bench-ws bench-wall setup clean
 
 $(STAMP): pyproject.toml tools/bootstrap_venv.py
 	$(PY) tools/bootstrap_venv.py $(VENV)
@@ -31,6 +31,9 @@ bench-simulate: $(STAMP)
 
 bench-ws: $(STAMP)
 	$(BIN)/python -m bench.ws
+
+bench-wall: $(STAMP)
+	$(BIN)/python -m bench.wall
 
 clean:
 	rm -rf var/ .pytest_cache .mypy_cache .ruff_cache
