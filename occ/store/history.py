@@ -383,6 +383,8 @@ def aggregate_query(
     by_device)."""
     if agg not in _AGG_SQL:
         raise ValueError(f"agg must be one of {', '.join(AGGREGATES)}; got {agg!r}")
+    if plan.level is None and len(plan.raw) == 1:
+        return _raw_aggregate_query(spec, plan.raw[0], layout=layout, series=series, agg=agg, by_device=by_device)
     params = _Params()
     parts: list[str] = []
     rolled = set(series.rolled)
@@ -416,6 +418,46 @@ def aggregate_query(
         f"WITH parts AS ({' UNION ALL '.join(parts)}) "
         f"SELECT {select_device}, {bucket} AS b, {_AGG_SQL[agg]} AS v "
         f"FROM {source} GROUP BY {group} ORDER BY {group}"
+    )
+    return sql, params.values
+
+
+_RAW_AGG_SQL = {
+    "count": "count(*)::double precision",
+    "sum": "sum(r.value)",
+    "avg": "avg(r.value)",
+    "min": "min(r.value)",
+    "max": "max(r.value)",
+    "first": "(array_agg(r.value ORDER BY r.ts, d.device_id))[1]",
+    "last": "(array_agg(r.value ORDER BY r.ts DESC, d.device_id DESC))[1]",
+}
+
+
+def _raw_aggregate_query(
+    spec: BucketSpec, span: Interval, *, layout: Layout, series: Series, agg: str, by_device: bool
+) -> tuple[str, list[object]]:
+    """aggregate_query for a plan that reads no rollup (one raw range): the aggregate straight over the readings,
+    without partial-aggregate rows, and without the device mapping when neither the grouping nor a first/last
+    tie needs it. Same answers as the general form (avg is sum/count either way; ties of first/last go to the
+    lowest/highest device id)."""
+    params = _Params()
+    ids = params.add(list(series.ids), "integer[]")
+    lo, hi = params.add(span[0], "timestamptz"), params.add(span[1], "timestamptz")
+    bucket = _bucket_sql(spec, "r.ts", params)
+    need_device = by_device or (agg in ("first", "last") and len(series.ids) > 1)
+    if need_device:
+        devices = params.add(list(series.devices), "text[]")
+        source = f"{layout.raw} AS r JOIN unnest({ids}, {devices}) AS d(sid, device_id) ON d.sid = r.series_id"
+    else:
+        source = f"{layout.raw} AS r"
+    value = _RAW_AGG_SQL[agg] if need_device else _RAW_AGG_SQL[agg].replace(", d.device_id DESC", "").replace(
+        ", d.device_id", ""
+    )
+    select_device = "d.device_id" if by_device else "NULL::text AS device_id"
+    group = "d.device_id, b" if by_device else "b"
+    sql = (
+        f"SELECT {select_device}, {bucket} AS b, {value} AS v FROM {source} "
+        f"WHERE r.series_id = ANY({ids}) AND r.ts >= {lo} AND r.ts < {hi} GROUP BY {group} ORDER BY {group}"
     )
     return sql, params.values
 
