@@ -318,9 +318,11 @@ class Meter:
         return time.process_time() + server
 
     async def timed(self, what: str, call: Awaitable[Any]) -> Any:
-        wall, cpu, client = time.perf_counter(), self._cpu(), time.process_time()
+        wall, cpu = time.perf_counter(), self._cpu()
+        client = time.process_time()  # after _cpu(): reading /proc for the server's CPU is the bench's own cost
         result = await call
-        wall, cpu, client = time.perf_counter() - wall, self._cpu() - cpu, time.process_time() - client
+        client = time.process_time() - client
+        wall, cpu = time.perf_counter() - wall, self._cpu() - cpu
         if what == "write":
             self.write_wall += wall
             self.write_cpu += cpu
