@@ -94,7 +94,8 @@ class Store(Writes, DeviceRegistry, CurrentState, HistoryQueries, Administration
                     timescaledb_version=ts_version,
                 )
                 store.migration = result
-                store._series_total = await conn.fetchval("SELECT count(*) FROM series")
+                if await conn.fetchval("SELECT to_regclass('series') IS NOT NULL"):  # (an older schema has none)
+                    store._series_total = await conn.fetchval("SELECT count(*) FROM series")
                 if store.rollup_timezone != settings.timezone:
                     log.warning(
                         "daily rollups are bucketed in %s but the site time zone is %s: "
