@@ -317,6 +317,8 @@ def _print_endpoints(supervisor: Any, endpoints: dict[str, Any], config: Config)
             lines.append(f"  {name:<19} running (pid {service.get('pid')})")
     if endpoints.get("web_login"):
         lines.append(f"  web login           {endpoints['web_login']}")
+    if endpoints.get("device_credentials"):
+        lines.append(f"  device credentials  {endpoints['device_credentials']}")
     lines.append(f"  endpoints file      {config.var_path / 'endpoints.json'}  (other occ commands read it; "
                  "it holds the URLs unmasked)")
     lines.append("Press Ctrl-C to stop.")
