@@ -38,7 +38,7 @@ import gc
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -724,6 +724,28 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
+def loop_exception_handler(
+    crashed: Callable[[BaseException, str], None],
+) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+    """The event loop's handler for ingest: an exception that escaped a callback or an unwatched task is a bug and
+    crashes the worker like a failed supervised task (it is restarted, nothing acknowledged is lost).
+
+    A report that carries no exception is a library's diagnostic, not a failure of ours: asyncpg reports
+    "Resetting connection with an active transaction" this way when the database dies under a COPY, and then
+    rolls back and carries on (or the connection fails, which the writer handles). Crashing on it restarted the
+    worker on every database crash, so it is logged once per occurrence instead. The decision is by the
+    presence of an exception object, never by the message text."""
+
+    def unhandled(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, BaseException):
+            crashed(exc, "event loop")
+        else:
+            log.warning("event loop: %s", context.get("message", "(no message)"))
+
+    return unhandled
+
+
 async def run(config: Config, *, stop: asyncio.Event | None = None, drain: asyncio.Event | None = None,
               drain_only: bool = False) -> int:
     """Run one ingest worker; returns the process exit code.
@@ -738,12 +760,7 @@ async def run(config: Config, *, stop: asyncio.Event | None = None, drain: async
     loop = asyncio.get_running_loop()
     previous = loop.get_exception_handler()
 
-    def unhandled(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        # Anything that escaped a callback or an unwatched task is a bug: treat it like a crashed task.
-        exc = context.get("exception")
-        service.crashed(exc if isinstance(exc, BaseException) else RuntimeError(context.get("message")), "event loop")
-
-    loop.set_exception_handler(unhandled)
+    loop.set_exception_handler(loop_exception_handler(service.crashed))
     try:
         # A start can wait for ever (no database, a refusing broker): a stop signal must end it (issue 11 item 4).
         if not await unless_stopped(service.start(subscribe=not drain_only), stop):
