@@ -185,6 +185,7 @@ class Decoder:
         "_catalog",
         "_devices",
         "_future",
+        "_gateway_members",
         "_max_future_s",
         "_max_past_s",
         "_max_payload",
@@ -234,6 +235,7 @@ class Decoder:
         self._unit_plans: dict[tuple[str, str, str], _UnitPlan | Reject] = {}
         self._names: dict[str, tuple[str | None, str] | Reject] = {}
         self._devices: Mapping[str, Device] = {}
+        self._gateway_members: dict[str, frozenset[str]] = {}
         self._routes: dict[str, _Route | Reject] = {}
         self.set_devices(devices)
 
@@ -245,6 +247,14 @@ class Decoder:
         """Replace the registry (e.g. after a device was added); cached topic lookups are dropped."""
         self._devices = dict(devices)
         self._routes = {}
+        # Issue 7: a gateway that devices name in their `gateway` attribute speaks for those devices only (the
+        # broker's ACL cannot see device ids inside a gateway payload). A gateway nobody names is unrestricted.
+        members: dict[str, set[str]] = {}
+        for device in self._devices.values():
+            gateway = device.attributes.get("gateway") if isinstance(device.attributes, dict) else None
+            if isinstance(gateway, str):
+                members.setdefault(gateway, set()).add(device.id)
+        self._gateway_members = {g: frozenset(ids) for g, ids in members.items()}
 
     def device_of(self, topic: str) -> str | None:
         """The device (or gateway) id a topic names, if it has a valid one: for dead letters, whatever else is
@@ -301,6 +311,9 @@ class Decoder:
                 return
             if is_gateway:
                 self._gateway(doc, out, now)
+                members = self._gateway_members.get(device_id)
+                if members is not None and out.rows:
+                    _only_members(device_id, members, out)
             elif type(doc) is dict:
                 self._record(doc, device_id, kind, None, None, out, now)
             elif type(doc) is list:
@@ -939,3 +952,14 @@ class Decoder:
             out.rejects.append(Reject(C.BAD_STATUS, f"status must be 'online' or 'offline', got {_show(value)}"))
             return
         out.status = StatusChange(device_id, status, ts)  # type: ignore[arg-type]
+
+
+def _only_members(gateway_id: str, members: frozenset[str], out: Decoded) -> None:
+    """Drop the readings of devices not assigned to this gateway, each with a reason (issue 7)."""
+    foreign = {row[0] for row in out.rows} - members
+    if not foreign:
+        return
+    out.rows = [row for row in out.rows if row[0] in members]
+    for device_id in sorted(foreign):
+        out.rejects.append(Reject(C.DEVICE_MISMATCH, f"device {device_id} is not assigned to gateway {gateway_id} "
+                                                     "(its registry attribute `gateway` names another or none)"))
