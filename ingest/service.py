@@ -598,10 +598,14 @@ class IngestService:
         try:
             version = await self.store.devices_version()  # before the list: a change in between reloads again
             devices = await self.store.list_devices()
+            # Gateways with MQTT credentials, revoked ones included (issue 7): revoking never widens what a
+            # gateway's payloads may carry (messages still in flight when it is revoked stay held to its devices).
+            gateways = [a.username for a in await self.store.credentials.accounts(role="gateway")]
         except StoreUnavailable:
             return
         self.devices = {d.id: d for d in devices}
         self.decoder.set_devices(self.devices)
+        self.decoder.set_gateway_accounts(gateways)
         self._registry_version = version
 
     # -- write path ---------------------------------------------------------------------------------

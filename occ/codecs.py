@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Final
 from zoneinfo import ZoneInfo
@@ -177,6 +177,9 @@ class Decoder:
     `devices` is the registry (id → Device); replace it with `set_devices` when it changes. With
     `auto_register`, messages from unknown devices on `{prefix}/{kind}/{id}/...` are kept and the ids are
     reported in `Decoded.unknown_devices` (the caller registers them as unprovisioned).
+    `gateway_accounts` are the gateway ids that hold MQTT credentials (replace with `set_gateway_accounts`):
+    such a gateway, which the broker authenticates, speaks in its gateway payloads only for the devices whose
+    registry attribute `gateway` names it (possibly none); any other gateway id is unrestricted there.
     """
 
     __slots__ = (
@@ -185,6 +188,7 @@ class Decoder:
         "_catalog",
         "_devices",
         "_future",
+        "_gateway_accounts",
         "_gateway_members",
         "_max_future_s",
         "_max_past_s",
@@ -193,6 +197,7 @@ class Decoder:
         "_past",
         "_plans",
         "_prefix",
+        "_restricted",
         "_routes",
         "_tz",
         "_unit_plans",
@@ -209,6 +214,7 @@ class Decoder:
         max_past_s: float = 400 * 86400,
         local_tz: str | tzinfo = "Asia/Ho_Chi_Minh",
         auto_register: bool = False,
+        gateway_accounts: Iterable[str] = (),
     ) -> None:
         self._catalog = catalog
         self._prefix = prefix.rstrip("/")
@@ -236,6 +242,8 @@ class Decoder:
         self._names: dict[str, tuple[str | None, str] | Reject] = {}
         self._devices: Mapping[str, Device] = {}
         self._gateway_members: dict[str, frozenset[str]] = {}
+        self._gateway_accounts: frozenset[str] = frozenset(gateway_accounts)
+        self._restricted: dict[str, frozenset[str]] = {}
         self._routes: dict[str, _Route | Reject] = {}
         self.set_devices(devices)
 
@@ -247,14 +255,25 @@ class Decoder:
         """Replace the registry (e.g. after a device was added); cached topic lookups are dropped."""
         self._devices = dict(devices)
         self._routes = {}
-        # Issue 7: a gateway that devices name in their `gateway` attribute speaks for those devices only (the
-        # broker's ACL cannot see device ids inside a gateway payload). A gateway nobody names is unrestricted.
+        # Issue 7: a gateway with credentials speaks for the devices that name it in their `gateway` attribute
+        # only (the broker's ACL cannot see device ids inside a gateway payload).
         members: dict[str, set[str]] = {}
         for device in self._devices.values():
             gateway = device.attributes.get("gateway") if isinstance(device.attributes, dict) else None
             if isinstance(gateway, str):
                 members.setdefault(gateway, set()).add(device.id)
         self._gateway_members = {g: frozenset(ids) for g, ids in members.items()}
+        self._restrict()
+
+    def set_gateway_accounts(self, gateway_ids: Iterable[str]) -> None:
+        """Replace the set of gateway ids that hold MQTT credentials (role gateway in `mqtt_accounts`)."""
+        self._gateway_accounts = frozenset(gateway_ids)
+        self._restrict()
+
+    def _restrict(self) -> None:
+        # Restricted exactly when the broker authenticates the gateway: an id without an account (open broker,
+        # legacy) could be published under by anyone, so holding it to its devices would prove nothing.
+        self._restricted = {g: self._gateway_members.get(g, frozenset()) for g in self._gateway_accounts}
 
     def device_of(self, topic: str) -> str | None:
         """The device (or gateway) id a topic names, if it has a valid one: for dead letters, whatever else is
@@ -311,7 +330,7 @@ class Decoder:
                 return
             if is_gateway:
                 self._gateway(doc, out, now)
-                members = self._gateway_members.get(device_id)
+                members = self._restricted.get(device_id)
                 if members is not None and out.rows:
                     _only_members(device_id, members, out)
             elif type(doc) is dict:
@@ -960,6 +979,9 @@ def _only_members(gateway_id: str, members: frozenset[str], out: Decoded) -> Non
     if not foreign:
         return
     out.rows = [row for row in out.rows if row[0] in members]
+    why = ("its registry attribute `gateway` names another or none" if members else
+           "a gateway with MQTT credentials speaks only for devices whose registry attribute `gateway` names it, "
+           "and none does")
     for device_id in sorted(foreign):
-        out.rejects.append(Reject(C.DEVICE_MISMATCH, f"device {device_id} is not assigned to gateway {gateway_id} "
-                                                     "(its registry attribute `gateway` names another or none)"))
+        out.rejects.append(Reject(C.DEVICE_MISMATCH,
+                                  f"device {device_id} is not assigned to gateway {gateway_id} ({why})"))

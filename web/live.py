@@ -185,6 +185,7 @@ class LiveGateway:
         devices = await self.store.list_devices()
         self.hub.set_devices(device_info(d) for d in devices)
         self.decoder.set_devices({d.id: d for d in devices})
+        await self._load_gateway_accounts()
         self.hub.load_latest((r.device_id, r.metric, r.ts.timestamp(), r.value) for r in await self.store.latest())
         self.hub.load_status((s.device_id, s.status, s.since.timestamp()) for s in await self.store.device_status())
         open_alerts = getattr(self.store, "open_alerts", None)
@@ -276,6 +277,11 @@ class LiveGateway:
                 self._alert_seq.clear()
         return self.hub.alert(alert)
 
+    async def _load_gateway_accounts(self) -> None:
+        """The gateways with MQTT credentials, as ingest loads them: the live view drops what ingest would."""
+        assert self.store is not None
+        self.decoder.set_gateway_accounts(a.username for a in await self.store.credentials.accounts(role="gateway"))
+
     def _unknown_device(self, topic: str) -> bool:
         parts = topic.split("/")
         return len(parts) >= 4 and parts[-2] not in self.hub.devices and parts[-3] != "gateway"
@@ -295,6 +301,7 @@ class LiveGateway:
             devices = await self.store.list_devices()
             self.hub.set_devices(device_info(d) for d in devices)
             self.decoder.set_devices({d.id: d for d in devices})
+            await self._load_gateway_accounts()
         except Exception as exc:
             log.warning("could not reload the device registry: %s", exc)
         finally:

@@ -60,6 +60,14 @@ async def readings(database_url: str, device_id: str) -> list[float]:
     return [r["value"] for r in rows]
 
 
+async def dead_letters(database_url: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetch("SELECT topic, code, reason FROM dead_letters ORDER BY id")
+    finally:
+        await conn.close()
+
+
 def payload(value: float, age_s: int = 60) -> bytes:
     return orjson.dumps({"ts": int(time.time()) - age_s, "values": {"rain_mm": value}})
 
@@ -86,15 +94,18 @@ async def test_devices_speak_only_for_themselves(closed_stack: ClosedStack,
     before = stack.sync.renders
     passwords = await issue(capsys, stack, "issue", "SEC-A", "SEC-B", "SEC-C")
     passwords |= await issue(capsys, stack, "issue", "--gateway", "SEC-GW")
+    passwords |= await issue(capsys, stack, "issue", "--gateway", "SEC-GW0")  # a gateway no device names
     await wait_synced(stack, before)
     tap = Client(stack.service_url("occ-web"))  # sees every device topic and _sys/
     a = Client(stack.broker.url, username="SEC-A", password=passwords["SEC-A"])
     gw = Client(stack.broker.url, username="SEC-GW", password=passwords["SEC-GW"])
+    gw0 = Client(stack.broker.url, username="SEC-GW0", password=passwords["SEC-GW0"])
     alerts = Client(stack.service_url("occ-alerts"))
     try:
         tap.client.subscribe([("occ/v1/#", 1)])
         assert tap.subscribed.wait(10)
         assert not a.wait_connack().is_failure and not gw.wait_connack().is_failure
+        assert not gw0.wait_connack().is_failure
         async with running_ingest(stack.database_url, stack.service_url("occ-ingest")):
             assert str(a.publish("occ/v1/hydromet/SEC-B/telemetry", payload(66.0))) == "Not authorized"
             assert str(a.publish("occ/v1/_sys/alerts/bac-quang/SEC-B", b'{"fake": true}')) == "Not authorized"
@@ -106,25 +117,27 @@ async def test_devices_speak_only_for_themselves(closed_stack: ClosedStack,
             # Its own gateway topic the broker lets through; ingest keeps only the devices assigned to it.
             mixed = orjson.dumps({"SEC-C": orjson.loads(payload(3.0, 90)), "SEC-B": orjson.loads(payload(69.0, 90))})
             assert str(gw.publish("occ/v1/gateway/SEC-GW/telemetry", mixed)) == "Success"
+            # A credentialed gateway that no device names speaks for nobody, even for a registered device.
+            foreign = orjson.dumps({"SEC-A": orjson.loads(payload(70.0, 120))})
+            assert str(gw0.publish("occ/v1/gateway/SEC-GW0/telemetry", foreign)) == "Success"
             deadline = time.monotonic() + 30
-            while (await readings(stack.database_url, "SEC-A"), await readings(stack.database_url, "SEC-C")) != (
-                    [1.0], [2.0, 3.0]):
-                assert time.monotonic() < deadline, "the allowed readings were not stored"
+            while (await readings(stack.database_url, "SEC-A"), await readings(stack.database_url, "SEC-C"),
+                   len(await dead_letters(stack.database_url))) != ([1.0], [2.0, 3.0], 2):
+                assert time.monotonic() < deadline, "the allowed readings / dead letters were not stored"
                 await asyncio.sleep(0.1)
         assert await readings(stack.database_url, "SEC-B") == []
         topics = [t for t, _ in tap.messages]
         assert "occ/v1/hydromet/SEC-B/telemetry" not in topics
         assert "occ/v1/camera/SEC-A/telemetry" not in topics
         assert [p for t, p in tap.messages if t.startswith("occ/v1/_sys/")] == [b'{"real": true}']
-        conn = await asyncpg.connect(stack.database_url)
-        try:
-            dead = await conn.fetch("SELECT topic, code FROM dead_letters")
-        finally:
-            await conn.close()
-        # The refused messages never reached ingest; the one dead letter is the gateway's foreign entry.
-        assert [(r["topic"], r["code"]) for r in dead] == [("occ/v1/gateway/SEC-GW/telemetry", "device_mismatch")]
+        # The refused messages never reached ingest; the dead letters are the gateways' foreign entries.
+        dead = {r["topic"]: r for r in await dead_letters(stack.database_url)}
+        assert sorted((t, r["code"]) for t, r in dead.items()) == [
+            ("occ/v1/gateway/SEC-GW/telemetry", "device_mismatch"),
+            ("occ/v1/gateway/SEC-GW0/telemetry", "device_mismatch")]
+        assert "SEC-A is not assigned to gateway SEC-GW0" in dead["occ/v1/gateway/SEC-GW0/telemetry"]["reason"]
     finally:
-        for client in (tap, a, gw, alerts):
+        for client in (tap, a, gw, gw0, alerts):
             client.close()
 
 
