@@ -118,14 +118,18 @@ class Administration(StoreBase):
             "devices", "latest", "device_status", "device_status_history", "events", "dead_letters"
         )
         sizes: dict[str, dict[str, int]] = {}
-        for name in plain_tables:
+
+        async def relation(name: str, table: str) -> None:
             row = await conn.fetchrow(
                 "SELECT pg_total_relation_size(c.oid) AS bytes, greatest(c.reltuples, 0)::bigint AS rows "
                 "FROM pg_class c WHERE c.oid = to_regclass($1)",
-                name,
+                table,
             )
             if row:
                 sizes[name] = {"bytes": row["bytes"], "rows_estimate": row["rows"]}
+
+        for name in plain_tables:
+            await relation(name, name)
         # Reported under the names the views keep (readings is series_readings: its partitions on plain, its
         # chunks on TimescaleDB, compressed or not).
         if self._mode == "plain":
@@ -148,13 +152,7 @@ class Administration(StoreBase):
             ("readings_1d", "series_1d"),
             ("series", "series"),
         ):
-            row = await conn.fetchrow(
-                "SELECT pg_total_relation_size(c.oid) AS bytes, greatest(c.reltuples, 0)::bigint AS rows "
-                "FROM pg_class c WHERE c.oid = to_regclass($1)",
-                table,
-            )
-            if row:
-                sizes[name] = {"bytes": row["bytes"], "rows_estimate": row["rows"]}
+            await relation(name, table)
         # Estimates are 0 until ANALYZE runs (a fresh import of 135 devices showed "~0 rows"): count small tables
         # exactly; a scan of at most EXACT_COUNT_MAX_BYTES is quick.
         for name, size in sizes.items():
