@@ -217,6 +217,12 @@ def publish(
     deadline = t0 + duration if duration else float("inf")
     watch: list[Any] = [sock] if credit_fd is None else [sock, credit_fd]
     credit_buf = b""
+    # At a fixed rate, send only on tick boundaries: PUBACKs arrive all the time and each wakes the loop; sending
+    # what was due at every wake-up meant a send of one or two messages per PUBACK read, which cost the
+    # publisher (and the broker) ~2.6x more CPU per message than the ticks below and took it from the system
+    # under test.
+    tick = RATE_TICK_S if rate and rate * RATE_TICK_S >= 1 else 0.0
+    next_send = 0.0
     try:
         while True:
             now = time.monotonic()
@@ -225,7 +231,7 @@ def publish(
             inflight = sent - acked
             room = window - inflight
             if rate:
-                room = min(room, int(rate * (now - t0)) + 1 - sent)
+                room = min(room, int(rate * (now - t0)) + 1 - sent) if now >= next_send else 0
             if count:
                 room = min(room, count - sent)
             if credit_fd is not None:
@@ -238,12 +244,13 @@ def publish(
                     packets.append(publish_packet(topic, body, k % 65535 + 1))
                 sock.sendall(b"".join(packets))
                 sent += n
+                next_send = now + tick
                 timeout = 0.0
             elif rate and sent - acked < window and (credit_fd is None or sent < credit):
                 # token bucket in ticks of at least RATE_TICK_S: a wake-up per message would cost more CPU
                 # (publisher and broker) than the messages themselves
                 # (the next message is due when rate × elapsed reaches `sent`)
-                timeout = max(RATE_TICK_S if rate * RATE_TICK_S >= 1 else 0.0002,
+                timeout = max(next_send - now, 0.0002 if not tick else 0.0,
                               min(0.05, (sent - rate * (now - t0)) / rate))
             else:
                 timeout = 0.05

@@ -5,7 +5,7 @@ time zone conversion and timedelta arithmetic per reading. Profiled on (b)-shape
 client CPU per reading, about half of ingest's whole per-reading cost. Here a batch becomes four numpy columns
 (series id, microseconds since 2000-01-01 UTC, value, quality), sorted in key order once, and the COPY rows are
 one structured array written out with `tobytes()` (~0.5 µs per reading, sorting included). The same sorted
-columns give the newest reading per series for `latest` without a Python loop.
+columns give the newest reading per series for `latest` without a Python loop (occ/store/writes.py).
 
 Wire format: PostgreSQL documentation, "COPY — Binary Format" (signature, flags, header extension, then per
 tuple a 16-bit field count and per field a 32-bit length and the value in network byte order; -1 ends).
@@ -34,11 +34,6 @@ beyond this (year 2063) the exact, slower integer path is taken."""
 _SERIES_ROW = np.dtype([
     ("fields", ">i2"), ("len_id", ">i4"), ("series_id", ">i4"), ("len_ts", ">i4"), ("ts", ">i8"),
     ("len_value", ">i4"), ("value", ">f8"), ("len_quality", ">i4"), ("quality", ">i2"),
-])
-# The fixed tail of a `latest` staging row (ts, value, quality) after its device_id and metric fields.
-_TAIL = np.dtype([
-    ("len_ts", ">i4"), ("ts", ">i8"), ("len_value", ">i4"), ("value", ">f8"), ("len_quality", ">i4"),
-    ("quality", ">i2"),
 ])
 SERIES_COLUMNS = ("series_id", "ts", "value", "quality")
 """Column order of `SeriesColumns.payload()`."""
@@ -125,27 +120,3 @@ class SeriesColumns:
         else:
             hours = np.unique(self.ts // _HOUR_US).tolist()
         return [from_epoch_us(h * _HOUR_US) for h in hours]
-
-
-def key_prefix(device_id: str, metric: str) -> bytes:
-    """The start of a `latest` staging row (5 fields: device_id, metric, ts, value, quality) for one series."""
-    d, m = device_id.encode(), metric.encode()
-    return b"\x00\x05" + len(d).to_bytes(4, "big") + d + len(m).to_bytes(4, "big") + m
-
-
-def latest_payload(prefixes: Sequence[bytes], columns: SeriesColumns, index: np.ndarray) -> bytes:
-    """Binary COPY stream of (device_id, metric, ts, value, quality) for the rows `index` of `columns`;
-    `prefixes[i]` is `key_prefix` of row `index[i]`'s series."""
-    tails = np.empty(len(index), dtype=_TAIL)
-    tails["len_ts"] = 8
-    tails["ts"] = columns.ts[index]
-    tails["len_value"] = 8
-    tails["value"] = columns.value[index]
-    tails["len_quality"] = 2
-    tails["quality"] = columns.quality[index]
-    raw = tails.tobytes()
-    size = _TAIL.itemsize
-    parts = [HEADER]
-    parts += [p + raw[i : i + size] for p, i in zip(prefixes, range(0, len(raw), size), strict=True)]
-    parts.append(TRAILER)
-    return b"".join(parts)

@@ -14,14 +14,13 @@ import asyncpg
 from occ.models import DeadLetter, Event, ReadingRow, StatusChange
 from occ.store import rollups
 from occ.store.base import StoreBase, clean_text, require_aware, rowcount
-from occ.store.binary_copy import SERIES_COLUMNS, SeriesColumns, key_prefix, latest_payload
+from occ.store.binary_copy import SERIES_COLUMNS, SeriesColumns
 from occ.store.connection import ConnectionLost
 from occ.store.records import WriteResult
 from occ.store.registry import REGISTER_UNPROVISIONED
 
 log = logging.getLogger(__name__)
 
-READING_COLUMNS = ("device_id", "metric", "ts", "value", "quality")
 DEAD_LETTER_COLUMNS = ("received_at", "topic", "payload", "reason", "code", "device_id")
 _RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 _WRITE_ATTEMPTS = 3
@@ -30,14 +29,6 @@ _WRITE_ATTEMPTS = 3
 # key order, and write_batch runs them in one fixed table order (readings, latest, events, device_status,
 # devices), so two transactions can wait on each other but never in a cycle. Within a key, `seq` keeps the
 # batch order, so the first occurrence of a reading repeated inside a batch is the one stored.
-# The batch's newest reading per key arrives by COPY (about half the client CPU of array parameters).
-# Keys sorted so that concurrent workers lock `latest` rows in the same order (no deadlocks).
-_UPSERT_LATEST = (
-    "INSERT INTO latest AS l (device_id, metric, ts, value, quality, received_at) "
-    "SELECT device_id, metric, ts, value, quality, $1 FROM occ_latest_staging ORDER BY device_id, metric "
-    "ON CONFLICT (device_id, metric) DO UPDATE SET ts = excluded.ts, value = excluded.value, "
-    "quality = excluded.quality, received_at = excluded.received_at WHERE excluded.ts > l.ts"
-)
 # Readings are stored under integer series ids on both storage paths (migrations 0030, 0032).
 _INSERT_SERIES_FROM_STAGING = (
     "INSERT INTO series_readings (ts, value, series_id, quality) "
@@ -53,16 +44,52 @@ _REGISTER_SERIES = (
     "SELECT id, device_id, metric FROM ins UNION ALL "
     "SELECT s.id, s.device_id, s.metric FROM series AS s JOIN k USING (device_id, metric)"
 )
-# Every hour the batch touched, each with the series it touched (sorted, as an array literal: asyncpg's list
-# encoder checks every element against an ABC, ~0.3 µs each): maintenance recomputes only those (series, hour)
-# pairs when few series changed (a backfill; migration 0033).
-_INSERT_DIRTY = "INSERT INTO rollup_dirty (bucket, series) SELECT unnest($1::timestamptz[]), $2::text::integer[]"
 _INSERT_EVENTS = (
     "INSERT INTO events (device_id, ts, type, data, received_at) "
     "SELECT d, t, y, j, $5 "
     "FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::jsonb[]) AS u(d, t, y, j) "
     "ORDER BY d, t, y ON CONFLICT (device_id, ts, type) DO NOTHING"
 )
+
+
+def _array(values: list[int] | list[float], sql_type: str) -> str:
+    """An array literal of numbers (`str` of a float is its shortest exact form; NaN and inf are spelled
+    the way PostgreSQL reads them)."""
+    return "'{" + ",".join(map(str, values)) + "}'::" + sql_type + "[]"
+
+
+def batch_written_sql(columns: SeriesColumns, received_at: datetime, known_series: int) -> str:
+    """`SELECT occ_batch_written(...)` (migration 0035) for a batch: the newest reading per series for
+    `latest`, and the hours touched with the series that touched them for maintenance (0033). `known_series`:
+    how many series there are (about).
+
+    Values are inlined as literals so that the call and the COMMIT travel in one simple query. Every
+    literal is made here from numbers and aware datetimes (never from device input), so nothing needs
+    escaping; text parameters would have cost a round trip more per batch."""
+    newest = columns.newest()
+    series = columns.series_id[newest].tolist()  # each series once, ascending
+    hours = columns.hours(rollups.SMALL_SPAN_HOURS)
+    # A batch that touched most series makes its hours whole-hour work for maintenance anyway: NULL (every
+    # series) instead of a long list.
+    touched = "NULL" if len(series) >= rollups.WHOLE_SHARE * known_series else _array(series, "integer")
+    hour_list = ",".join('"' + h.isoformat() + '"' for h in hours)
+    return (
+        f"SELECT occ_batch_written({_array(series, 'integer')},{_array(columns.ts[newest].tolist(), 'bigint')},"
+        f"{_array(columns.value[newest].tolist(), 'double precision')},"
+        f"{_array(columns.quality[newest].tolist(), 'smallint')},"
+        f"'{received_at.isoformat()}'::timestamptz,"
+        f"'{{{hour_list}}}'::timestamptz[],{touched})"
+    )
+
+
+async def _roll_back(conn: asyncpg.Connection) -> None:
+    """End a failed write's transaction. A connection too broken for that is handled by the caller (`pooled`
+    terminates a lost connection; the pool's release rolls back any transaction still open)."""
+    if not conn.is_closed() and conn.is_in_transaction():
+        try:
+            await conn.execute("ROLLBACK")
+        except Exception as exc:
+            log.debug("rollback after a failed write failed too: %s", exc)
 
 
 class Writes(StoreBase):
@@ -91,8 +118,6 @@ class Writes(StoreBase):
         rows = rows if isinstance(rows, list) else list(rows)
         # The batch as sorted binary COPY columns (occ/store/binary_copy.py), which also give the newest reading
         # per series, the series touched and the hours touched (both storage paths: series_readings).
-        hours: list[datetime] = []
-        touched: str | None = None
         event_list = list(events)
         status_list = sorted(statuses, key=lambda s: (s.device_id, s.ts))
         letters = [
@@ -108,47 +133,43 @@ class Writes(StoreBase):
         ]
         conflicts = lost = 0
         columns: SeriesColumns | None = None
-        latest_copy: memoryview | None = None
+        finish = ""
         while True:
             try:
                 async with self._connection() as conn:
                     if columns is None and rows:
                         columns = SeriesColumns.build(await self._series_id_list(conn, rows), rows)
-                        hours = columns.hours(rollups.SMALL_SPAN_HOURS)
-                        newest = columns.newest()
-                        series = columns.series_id[newest].tolist()  # each series once, ascending
-                        # A batch that touched most series makes its hours whole-hour work for maintenance
-                        # anyway: NULL (every series) instead of a long list.
-                        known = max(self._series_total, len(self._series_prefixes))
-                        touched = None if len(series) >= rollups.WHOLE_SHARE * known else (
-                            "{" + ",".join(map(str, series)) + "}"
+                        finish = batch_written_sql(
+                            columns, received_at, max(self._series_total, len(self._series_seen))
                         )
-                        prefixes = self._series_prefixes
-                        # a memoryview: asyncpg takes bytes for a file name (os.fspath)
-                        latest_copy = memoryview(latest_payload([prefixes[s] for s in series], columns, newest))
-                    async with conn.transaction():
+                    extras = bool(event_list or status_list or letters or unprovisioned)
+                    await conn.execute("BEGIN")
+                    try:
                         inserted = await self._insert_series_readings(conn, columns)
-                        if inserted and latest_copy is not None:  # a pure redelivery changes nothing more
-                            await conn.copy_to_table(
-                                "occ_latest_staging", source=latest_copy, columns=READING_COLUMNS, format="binary"
-                            )
-                            await conn.execute(_UPSERT_LATEST, received_at)
-                            await conn.execute(_INSERT_DIRTY, hours, touched)
-                        events_inserted = await self._insert_events(conn, event_list, received_at)
-                        changes = await self._apply_statuses(conn, status_list, received_at)
-                        if letters:
-                            await conn.copy_records_to_table(
-                                "dead_letters", records=letters, columns=DEAD_LETTER_COLUMNS
-                            )
-                        if unprovisioned:
-                            ids = sorted(unprovisioned)
-                            await conn.execute(REGISTER_UNPROVISIONED, ids, [unprovisioned[i] for i in ids])
+                        if inserted and not extras:
+                            await conn.execute(finish + ";COMMIT")  # the common case: one round trip
+                        else:
+                            if inserted:  # a pure redelivery changes nothing more
+                                await conn.execute(finish)
+                            events_inserted = await self._insert_events(conn, event_list, received_at)
+                            changes = await self._apply_statuses(conn, status_list, received_at)
+                            if letters:
+                                await conn.copy_records_to_table(
+                                    "dead_letters", records=letters, columns=DEAD_LETTER_COLUMNS
+                                )
+                            if unprovisioned:
+                                ids = sorted(unprovisioned)
+                                await conn.execute(REGISTER_UNPROVISIONED, ids, [unprovisioned[i] for i in ids])
+                            await conn.execute("COMMIT")
+                    except BaseException:
+                        await _roll_back(conn)
+                        raise
                 return WriteResult(
                     inserted=inserted,
                     duplicates=len(rows) - inserted,
-                    events_inserted=events_inserted,
+                    events_inserted=events_inserted if extras else 0,
                     dead_lettered=len(letters),
-                    status_changes=changes,
+                    status_changes=changes if extras else 0,
                 )
             except _RETRYABLE as exc:
                 conflicts += 1
@@ -177,12 +198,12 @@ class Writes(StoreBase):
         missing = sorted({(r[0], r[1]) for r in rows if r[1] not in ids.get(r[0], ())})
         # A series another writer registers concurrently is committed but invisible to this statement's
         # snapshot (ON CONFLICT waited for it): the second round finds it.
-        prefixes = self._series_prefixes
+        seen = self._series_seen
         for _ in range(3):
             found = await conn.fetch(_REGISTER_SERIES, [k[0] for k in missing], [k[1] for k in missing])
             for row in found:
                 ids.setdefault(row["device_id"], {})[row["metric"]] = row["id"]
-                prefixes[row["id"]] = key_prefix(row["device_id"], row["metric"])
+                seen.add(row["id"])
             missing = [k for k in missing if k[1] not in ids.get(k[0], ())]
             if not missing:
                 break
@@ -190,19 +211,19 @@ class Writes(StoreBase):
 
     @staticmethod
     async def _insert_series_readings(conn: asyncpg.Connection, columns: SeriesColumns | None) -> int:
+        """Inside the caller's transaction. Fast path: COPY in key order (series_id, ts); almost every batch is
+        new data. On a duplicate (redelivery, device retries, a key twice in the batch) the transaction is
+        aborted: roll back, begin again, stage the same binary stream and insert only the new rows. (No
+        savepoint around the COPY: it cost two round trips on every batch to save one on a rare one.)"""
         if columns is None or not len(columns):
             return 0
-        # Fast path: COPY in key order (series_id, ts) inside a savepoint; almost every batch is new data. On a
-        # duplicate (redelivery, device retries, a key twice in the batch): stage, insert only new rows.
-        # One binary COPY stream serves both (a stable sort keeps the first occurrence of a key first, which
-        # the staging insert's ORDER BY ..., seq then stores).
         payload = memoryview(columns.payload())  # not bytes: asyncpg takes bytes for a file name (os.fspath)
         try:
-            async with conn.transaction():
-                await conn.copy_to_table("series_readings", source=payload, columns=SERIES_COLUMNS, format="binary")
+            await conn.copy_to_table("series_readings", source=payload, columns=SERIES_COLUMNS, format="binary")
             return len(columns)
         except asyncpg.UniqueViolationError:
             pass
+        await conn.execute("ROLLBACK;BEGIN")
         await conn.copy_to_table("occ_series_staging", source=payload, columns=SERIES_COLUMNS, format="binary")
         return rowcount(await conn.execute(_INSERT_SERIES_FROM_STAGING))
 

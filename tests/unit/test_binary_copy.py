@@ -16,9 +16,8 @@ from occ.store.binary_copy import (
     TRAILER,
     SeriesColumns,
     epoch_us,
-    key_prefix,
-    latest_payload,
 )
+from occ.store.writes import batch_written_sql
 
 T0 = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 
@@ -108,17 +107,21 @@ def test_newest_of_nothing() -> None:
     assert SeriesColumns.build([], []).newest().tolist() == []
 
 
-def test_latest_payload_names_each_series() -> None:
-    rows = [("dev-1", "rain_mm", T0, 1.0, 0), ("dev-2", "water_level_m", T0 + timedelta(hours=1), 98.5, 1)]
-    columns = SeriesColumns.build([1, 2], rows)
-    newest = columns.newest()
-    prefixes = {1: key_prefix("dev-1", "rain_mm"), 2: key_prefix("dev-2", "water_level_m")}
-    payload = latest_payload([prefixes[s] for s in columns.series_id[newest].tolist()], columns, newest)
-    parsed = _parse(payload)
-    assert [(r[0], r[1]) for r in parsed] == [(b"dev-1", b"rain_mm"), (b"dev-2", b"water_level_m")]
-    assert [struct.unpack(">q", r[2] or b"")[0] for r in parsed] == [_us(T0), _us(T0 + timedelta(hours=1))]
-    assert [struct.unpack(">d", r[3] or b"")[0] for r in parsed] == [1.0, 98.5]
-    assert [struct.unpack(">h", r[4] or b"")[0] for r in parsed] == [0, 1]
+def test_batch_written_call_carries_the_newest_reading_per_series() -> None:
+    rows = [
+        ("dev-1", "rain_mm", T0, 1.0, 0),
+        ("dev-2", "water_level_m", T0 + timedelta(hours=1), 98.5, 1),
+        ("dev-1", "rain_mm", T0 + timedelta(minutes=5), 2.5, 0),
+    ]
+    columns = SeriesColumns.build([1, 2, 1], rows)
+    sql = batch_written_sql(columns, T0, known_series=100)
+    assert sql.startswith("SELECT occ_batch_written(")
+    assert "'{1,2}'::integer[]" in sql  # each series once; series 1 at 08:05, its newest
+    assert f"'{{{_us(T0 + timedelta(minutes=5))},{_us(T0 + timedelta(hours=1))}}}'::bigint[]" in sql
+    assert "'{2.5,98.5}'::double precision[]" in sql and "'{0,1}'::smallint[]" in sql
+    assert f"'{{\"{T0.isoformat()}\",\"{(T0 + timedelta(hours=1)).isoformat()}\"}}'::timestamptz[]" in sql
+    assert sql.endswith(",'{1,2}'::integer[])")  # the series touched: few of the 100 known
+    assert batch_written_sql(columns, T0, known_series=3).endswith(",NULL)")  # most series: the whole hour
 
 
 def test_hours_live_span_and_backfill() -> None:
