@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
+import numpy as np
 
 from occ.models import DeadLetter, Event, ReadingRow, StatusChange
 from occ.store import rollups
@@ -37,6 +39,15 @@ _INSERT_SERIES_FROM_STAGING = (
 )
 # New series are registered in their own statement before the batch's transaction (a series row is harmless
 # if the batch then fails), in key order so that concurrent registrations wait instead of deadlocking.
+# A batch of at most SMALL_BATCH readings and nothing else (the live stream between bursts) is written by one
+# statement in autocommit: one round trip, where the COPY path takes four (BEGIN, COPY, its data, the rest with
+# the COMMIT). On a busy machine each round trip waits for a core on both sides; a larger batch is written by
+# COPY, which costs the server less per reading (issue 8).
+SMALL_BATCH = 1000
+_WRITE_READINGS = (
+    "SELECT occ_write_readings($1::text::integer[], $2::text::bigint[], $3::text::double precision[], "
+    "$4::text::smallint[], $5::text::integer[], $6, $7::text::timestamptz[], $8::text::integer[])"
+)
 _REGISTER_SERIES = (
     "WITH k AS (SELECT * FROM unnest($1::text[], $2::text[]) AS u(device_id, metric)), "
     "ins AS (INSERT INTO series (device_id, metric) SELECT device_id, metric FROM k ORDER BY device_id, metric "
@@ -52,33 +63,60 @@ _INSERT_EVENTS = (
 )
 
 
-def _array(values: list[int] | list[float], sql_type: str) -> str:
-    """An array literal of numbers (`str` of a float is its shortest exact form; NaN and inf are spelled
+def _numbers(values: list[int] | list[float]) -> str:
+    """An array's text form for numbers (`str` of a float is its shortest exact form; NaN and inf are spelled
     the way PostgreSQL reads them)."""
-    return "'{" + ",".join(map(str, values)) + "}'::" + sql_type + "[]"
+    return "{" + ",".join(map(str, values)) + "}"
 
 
-def batch_written_sql(columns: SeriesColumns, received_at: datetime, known_series: int) -> str:
-    """`SELECT occ_batch_written(...)` (migration 0035) for a batch: the newest reading per series for
-    `latest`, and the hours touched with the series that touched them for maintenance (0033). `known_series`:
-    how many series there are (about).
+@dataclass(frozen=True, slots=True)
+class BatchMarks:
+    """What a batch leaves besides its readings: the newest reading per series (positions in the sorted
+    columns) for `latest`, and for maintenance the hours touched with the series that touched them (0033)."""
 
-    Values are inlined as literals so that the call and the COMMIT travel in one simple query. Every
-    literal is made here from numbers and aware datetimes (never from device input), so nothing needs
-    escaping; text parameters would have cost a round trip more per batch."""
-    newest = columns.newest()
-    series = columns.series_id[newest].tolist()  # each series once, ascending
-    hours = columns.hours(rollups.SMALL_SPAN_HOURS)
-    # A batch that touched most series makes its hours whole-hour work for maintenance anyway: NULL (every
-    # series) instead of a long list.
-    touched = "NULL" if len(series) >= rollups.WHOLE_SHARE * known_series else _array(series, "integer")
-    hour_list = ",".join('"' + h.isoformat() + '"' for h in hours)
+    newest: np.ndarray
+    hours: str
+    """`timestamptz[]` text."""
+    touched: str | None
+    """`integer[]` text of the series touched, or None: every series (a batch that touched most of them makes
+    its hours whole-hour work for maintenance anyway)."""
+
+    @classmethod
+    def of(cls, columns: SeriesColumns, known_series: int) -> BatchMarks:
+        """`known_series`: how many series there are (about)."""
+        newest = columns.newest()
+        series = columns.series_id[newest].tolist()  # each series once, ascending
+        hours = columns.hours(rollups.SMALL_SPAN_HOURS)
+        return cls(
+            newest,
+            "{" + ",".join('"' + h.isoformat() + '"' for h in hours) + "}",
+            None if len(series) >= rollups.WHOLE_SHARE * known_series else _numbers(series),
+        )
+
+
+def batch_written_sql(columns: SeriesColumns, marks: BatchMarks, received_at: datetime) -> str:
+    """`SELECT occ_batch_written(...)` (migration 0035) for a batch written by COPY.
+
+    Values are inlined as literals so that the call and the COMMIT travel in one simple query. Every literal is
+    made here from numbers and aware datetimes (never from device input), so nothing needs escaping; parameters
+    would have cost a round trip more per batch."""
+    newest = marks.newest
+    touched = "NULL" if marks.touched is None else f"'{marks.touched}'::integer[]"
     return (
-        f"SELECT occ_batch_written({_array(series, 'integer')},{_array(columns.ts[newest].tolist(), 'bigint')},"
-        f"{_array(columns.value[newest].tolist(), 'double precision')},"
-        f"{_array(columns.quality[newest].tolist(), 'smallint')},"
-        f"'{received_at.isoformat()}'::timestamptz,"
-        f"'{{{hour_list}}}'::timestamptz[],{touched})"
+        f"SELECT occ_batch_written('{_numbers(columns.series_id[newest].tolist())}'::integer[],"
+        f"'{_numbers(columns.ts[newest].tolist())}'::bigint[],"
+        f"'{_numbers(columns.value[newest].tolist())}'::double precision[],"
+        f"'{_numbers(columns.quality[newest].tolist())}'::smallint[],"
+        f"'{received_at.isoformat()}'::timestamptz,'{marks.hours}'::timestamptz[],{touched})"
+    )
+
+
+def write_readings_args(columns: SeriesColumns, marks: BatchMarks, received_at: datetime) -> tuple[object, ...]:
+    """The parameters of `_WRITE_READINGS` (migration 0036) for a small batch: the whole batch in one statement."""
+    return (
+        _numbers(columns.series_id.tolist()), _numbers(columns.ts.tolist()), _numbers(columns.value.tolist()),
+        _numbers(columns.quality.tolist()), _numbers((marks.newest + 1).tolist()), received_at, marks.hours,
+        marks.touched,
     )
 
 
@@ -133,21 +171,24 @@ class Writes(StoreBase):
         ]
         conflicts = lost = 0
         columns: SeriesColumns | None = None
-        finish = ""
+        marks: BatchMarks | None = None
+        extras = bool(event_list or status_list or letters or unprovisioned)
         while True:
             try:
                 async with self._connection() as conn:
                     if columns is None and rows:
                         columns = SeriesColumns.build(await self._series_id_list(conn, rows), rows)
-                        finish = batch_written_sql(
-                            columns, received_at, max(self._series_total, len(self._series_seen))
-                        )
-                    extras = bool(event_list or status_list or letters or unprovisioned)
+                        marks = BatchMarks.of(columns, max(self._series_total, len(self._series_seen)))
+                    if columns is not None and marks is not None and not extras and len(columns) <= SMALL_BATCH:
+                        args = write_readings_args(columns, marks, received_at)
+                        inserted = await conn.fetchval(_WRITE_READINGS, *args)
+                        return WriteResult(inserted=inserted, duplicates=len(rows) - inserted)
+                    finish = batch_written_sql(columns, marks, received_at) if columns is not None and marks else ""
                     await conn.execute("BEGIN")
                     try:
                         inserted = await self._insert_series_readings(conn, columns)
                         if inserted and not extras:
-                            await conn.execute(finish + ";COMMIT")  # the common case: one round trip
+                            await conn.execute(finish + ";COMMIT")  # the rest and the COMMIT: one round trip
                         else:
                             if inserted:  # a pure redelivery changes nothing more
                                 await conn.execute(finish)

@@ -17,6 +17,7 @@ import pytest
 from occ.errors import StoreUnavailable
 from occ.models import DeadLetter, Device, Event, Quality, RejectCode, StatusChange
 from occ.store import MigrationError, Store, migrate
+from occ.store import writes
 from occ.store.migrator import discover
 
 T0 = datetime(2026, 11, 27, 1, 0, tzinfo=UTC)
@@ -33,6 +34,14 @@ async def store(database_url: str) -> AsyncIterator[Store]:
         yield s
     finally:
         await s.close()
+
+
+@pytest.fixture(params=["copy", "one-statement"])
+def write_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways `write_batch` writes readings: COPY in a transaction (large batches) and one statement (small
+    ones, occ/store/writes.py SMALL_BATCH); each property of the write path must hold on both."""
+    monkeypatch.setattr(writes, "SMALL_BATCH", 0 if request.param == "copy" else 1_000_000)
+    return str(request.param)
 
 
 async def fetchval(url: str, sql: str, *args: object) -> object:
@@ -174,7 +183,7 @@ async def test_connect_without_migrating_needs_a_schema(database_url: str) -> No
 # --- write path ----------------------------------------------------------------------------------------------
 
 
-async def test_write_batch_is_idempotent(store: Store, database_url: str) -> None:
+async def test_write_batch_is_idempotent(store: Store, database_url: str, write_path: str) -> None:
     batch = rows_at(T0, 50)
     first = await store.write_batch(batch, received_at=T0)
     assert (first.inserted, first.duplicates) == (50, 0)
@@ -186,7 +195,7 @@ async def test_write_batch_is_idempotent(store: Store, database_url: str) -> Non
     assert await fetchval(database_url, "SELECT count(*) FROM readings") == 75
 
 
-async def test_duplicates_inside_one_batch_first_wins(store: Store, database_url: str) -> None:
+async def test_duplicates_inside_one_batch_first_wins(store: Store, database_url: str, write_path: str) -> None:
     batch = [
         ("st1", "rain_mm", T0, 1.0, 0),
         ("st1", "rain_mm", T0, 2.0, 0),  # same key: the first occurrence is stored
@@ -201,7 +210,7 @@ async def test_duplicates_inside_one_batch_first_wins(store: Store, database_url
     assert [(v.value, v.ts) for v in latest] == [(3.0, T0 + timedelta(minutes=1))]
 
 
-async def test_latest_only_moves_forward(store: Store) -> None:
+async def test_latest_only_moves_forward(store: Store, write_path: str) -> None:
     await store.write_batch(
         [("st1", "rain_mm", T0 + timedelta(hours=1), 5.0, 0), ("st1", "level_m", T0, 100.5, 0)], received_at=T0
     )
@@ -217,6 +226,28 @@ async def test_latest_only_moves_forward(store: Store) -> None:
     assert (newest.value, newest.quality, newest.ts) == (7.0, 1, T0 + timedelta(hours=2))
     assert [v.metric for v in await store.latest(metrics=["level_m"])] == ["level_m"]
     assert await store.latest(["nobody"]) == []
+
+
+async def test_both_write_paths_mark_the_same_hours_and_series(
+    store: Store, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Maintenance reads what writers mark (rollup_dirty): the two write paths must leave the same marks and the
+    same readings and `latest`, for live batches and for a backfill spread over days."""
+    live = rows_at(T0, 30) + rows_at(T0, 30, metric="level_m")
+    backfill = rows_at(T0 - timedelta(days=3), 5, step_s=86_400 // 5)
+    states = []
+    for small in (0, 1_000_000):
+        monkeypatch.setattr(writes, "SMALL_BATCH", small)
+        for batch in (live, backfill, live[:10]):
+            await store.write_batch(batch, received_at=T0)
+        states.append((
+            await fetch(database_url, "SELECT device_id, metric, ts, value, quality FROM readings ORDER BY 1, 2, 3"),
+            await fetch(database_url, "SELECT device_id, metric, ts, value, received_at FROM latest ORDER BY 1, 2"),
+            await fetch(database_url, "SELECT bucket, series FROM rollup_dirty ORDER BY id"),
+        ))
+        await fetchval(database_url, "TRUNCATE series_readings, latest, rollup_dirty")
+    assert states[0] == states[1]
+    assert len(states[0][0]) == 65 and len(states[0][2]) == 1 + 5  # live: its hour; backfill: its five hours
 
 
 async def test_events_statuses_dead_letters_and_unprovisioned(store: Store) -> None:

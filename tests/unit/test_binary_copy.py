@@ -17,7 +17,7 @@ from occ.store.binary_copy import (
     SeriesColumns,
     epoch_us,
 )
-from occ.store.writes import batch_written_sql
+from occ.store.writes import BatchMarks, batch_written_sql, write_readings_args
 
 T0 = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 
@@ -107,21 +107,27 @@ def test_newest_of_nothing() -> None:
     assert SeriesColumns.build([], []).newest().tolist() == []
 
 
-def test_batch_written_call_carries_the_newest_reading_per_series() -> None:
+def test_batch_marks_and_the_two_write_calls_carry_the_newest_reading_per_series() -> None:
     rows = [
         ("dev-1", "rain_mm", T0, 1.0, 0),
         ("dev-2", "water_level_m", T0 + timedelta(hours=1), 98.5, 1),
         ("dev-1", "rain_mm", T0 + timedelta(minutes=5), 2.5, 0),
     ]
     columns = SeriesColumns.build([1, 2, 1], rows)
-    sql = batch_written_sql(columns, T0, known_series=100)
-    assert sql.startswith("SELECT occ_batch_written(")
-    assert "'{1,2}'::integer[]" in sql  # each series once; series 1 at 08:05, its newest
+    marks = BatchMarks.of(columns, known_series=100)
+    assert marks.newest.tolist() == [1, 2]  # sorted: (1, 08:00), (1, 08:05), (2, 09:00)
+    assert marks.hours == f'{{"{T0.isoformat()}","{(T0 + timedelta(hours=1)).isoformat()}"}}'
+    assert marks.touched == "{1,2}"  # few of the 100 known series
+    assert BatchMarks.of(columns, known_series=3).touched is None  # most series: the whole hour
+    sql = batch_written_sql(columns, marks, T0)
+    assert sql.startswith("SELECT occ_batch_written('{1,2}'::integer[],")
     assert f"'{{{_us(T0 + timedelta(minutes=5))},{_us(T0 + timedelta(hours=1))}}}'::bigint[]" in sql
     assert "'{2.5,98.5}'::double precision[]" in sql and "'{0,1}'::smallint[]" in sql
-    assert f"'{{\"{T0.isoformat()}\",\"{(T0 + timedelta(hours=1)).isoformat()}\"}}'::timestamptz[]" in sql
-    assert sql.endswith(",'{1,2}'::integer[])")  # the series touched: few of the 100 known
-    assert batch_written_sql(columns, T0, known_series=3).endswith(",NULL)")  # most series: the whole hour
+    assert sql.endswith(f"'{marks.hours}'::timestamptz[],'{{1,2}}'::integer[])")
+    series, ts, values, quality, newest, received_at, hours, touched = write_readings_args(columns, marks, T0)
+    assert (series, values, quality, newest) == ("{1,1,2}", "{1.0,2.5,98.5}", "{0,0,1}", "{2,3}")  # 1-based
+    assert ts == "{" + ",".join(str(_us(r[2])) for r in sorted(rows, key=lambda r: (r[0], r[2]))) + "}"
+    assert (received_at, hours, touched) == (T0, marks.hours, "{1,2}")
 
 
 def test_hours_live_span_and_backfill() -> None:
