@@ -12,6 +12,8 @@ Events in (methods)                         Actions out (returned, in the order 
                           raised                Pause() / Resume()     stop / start reading the transport
   tick()                  the clock reached     RetryAt(seq, at, n)    attempt n failed; retried at `at`
                           a TickAt deadline     Isolate(seq)           suspected poison: next attempt isolates
+  settle()                the transport handed
+                          over all it had read
   drain()                 flush what is held    StoreDown(failure)     the store just started failing
                           without lingering     StoreRecovered(s)      ... and works again after s seconds
                                                 TickAt(at)             call tick() at clock time `at`
@@ -29,6 +31,11 @@ Contract (held by tests/unit/test_flow.py):
 * Every item is flushed in exactly one batch, in arrival order; a batch flushes when it holds `batch_max`
   items or its oldest item has waited `linger_s` (immediately while draining), and only while fewer than
   `max_batches` batches are out (flushed and not yet acknowledged) — so decoded batches are bounded too.
+  With `flush_when_idle`, what is held also flushes at once when no batch is out, at `settle()` (the end of a
+  transport read) and at the commit that leaves none out: group commit. Under light load a message waits for
+  nothing but its own write; once writes are busy, batches grow by the linger rule as before. Measured at
+  half the sustained rate (bench/README.md): the oldest message's receive→commit time fell from ~24 to ~12 ms
+  for ~10 % more CPU (twice the transactions, half the size).
 * Bounds: `Pause` is emitted once when held messages reach `max_unacked` or held bytes reach
   `max_unacked_bytes`; `Resume` once when both are back at or below half (hysteresis: no pause/resume per
   message). Held = received and not yet acknowledged.
@@ -149,6 +156,7 @@ class IngestFlow(Generic[T]):
         retry_initial_s: float = 0.25,
         retry_max_s: float = 30.0,
         poison_attempts: int = 3,
+        flush_when_idle: bool = False,
     ) -> None:
         if max_unacked < 1 or max_unacked_bytes < 1 or max_batches < 1:
             raise ValueError("max_unacked, max_unacked_bytes and max_batches must be at least 1")
@@ -166,6 +174,7 @@ class IngestFlow(Generic[T]):
             raise ValueError("batch_max must be at least 1")
         self.batch_max = batch_max
         self.linger_s = linger_s
+        self._idle_slots = 1 if flush_when_idle else 0  # batches out below which held items flush at once
         # The batch being filled (the policy of ingest/batcher.py, inlined: this is the per-message path).
         self._items: list[T] = []
         self._first_at = 0.0
@@ -288,6 +297,13 @@ class IngestFlow(Generic[T]):
             out.append(TickAt(next_at))
         return out
 
+    def settle(self) -> Sequence[Action[T]]:
+        """The transport handed over everything it had read: with `flush_when_idle` and no batch out, flush now
+        rather than linger (a message arriving alone is written at once)."""
+        if self._items and len(self._batches) < self._idle_slots:
+            return self._flush_ready() + self._linger_tick()
+        return _NOTHING
+
     def drain(self) -> Sequence[Action[T]]:
         """From now on flush without lingering (shutdown or leaving the share group)."""
         self.draining = True
@@ -308,6 +324,7 @@ class IngestFlow(Generic[T]):
         out: list[Action[T]] = []
         while self._items and len(self._batches) < self.max_batches and (
             self.draining or len(self._items) >= self.batch_max or self._clock() >= self._first_at + self.linger_s
+            or len(self._batches) < self._idle_slots
         ):
             n = self.batch_max
             items, self._items = self._items[:n], self._items[n:]

@@ -175,6 +175,7 @@ class IngestService:
         batch_max: int = 5000,
         linger_s: float = 0.01,
         read_coalesce_s: float = 0.002,
+        flush_when_idle: bool = True,
         max_unacked: int = 50_000,
         max_unacked_bytes: int = 64 * 1024 * 1024,
         max_payload_bytes: int = 1_048_576,
@@ -218,7 +219,7 @@ class IngestService:
             batch_max=batch_max, linger_s=linger_s, max_unacked=max_unacked, max_unacked_bytes=max_unacked_bytes,
             max_batches=writers + 2, clock=time.monotonic, random=random.random,
             retry_initial_s=min(0.25, retry_max_s), retry_max_s=retry_max_s,
-            poison_attempts=POISON_ATTEMPTS,
+            poison_attempts=POISON_ATTEMPTS, flush_when_idle=flush_when_idle,
         )
         self._session_expiry_s = session_expiry_s
         self._keepalive_s = keepalive_s
@@ -260,7 +261,8 @@ class IngestService:
             mqtt_url=mqtt.url, database_url=db.url, client_id=ing.client_id,
             share_group=ing.share_group if ing.shared else None, topic_prefix=mqtt.topic_prefix,
             batch_max=ing.batch_max, linger_s=ing.linger_ms / 1000,
-            read_coalesce_s=ing.read_coalesce_ms / 1000, writers=ing.writers, max_unacked=ing.max_unacked,
+            read_coalesce_s=ing.read_coalesce_ms / 1000, writers=ing.writers, flush_when_idle=ing.flush_when_idle,
+            max_unacked=ing.max_unacked,
             max_unacked_bytes=ing.max_unacked_mb * 1024 * 1024,
             max_payload_bytes=ing.max_payload_bytes, max_future_s=ing.max_future_s,
             max_past_s=ing.max_past_days * 86400, auto_register=ing.auto_register, local_tz=config.site.timezone,
@@ -498,6 +500,9 @@ class IngestService:
             actions = self.flow.received(item, len(payload))
             if actions:
                 self._apply(actions)
+            actions = self.flow.settle()  # paho hands over one message at a time
+            if actions:
+                self._apply(actions)
         except Exception as exc:  # called by paho from a reader callback: no task would see it
             self.crashed(exc, "receive")
 
@@ -513,6 +518,9 @@ class IngestService:
                 actions = flow_received(item, len(payload))
                 if actions:
                     self._apply(actions)
+            actions = self.flow.settle()
+            if actions:
+                self._apply(actions)
         except Exception as exc:  # called from the transport's data callback: no task would see it
             self.crashed(exc, "receive")
 

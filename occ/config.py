@@ -167,6 +167,10 @@ class IngestConfig:
     read_coalesce_ms: float = field(default=2.0, metadata=between(0, 1000))
     """Native transport: after a socket read under 32 KiB (live traffic, not a backlog), wait this long before
     reading again, so one read carries a few milliseconds of messages instead of one or two."""
+    flush_when_idle: bool = True
+    """Write what is held at once when no batch write is in progress (group commit); `linger_ms` then applies
+    only while writes are busy. Off: every batch waits out the linger (fewer, larger transactions: ~10 % less
+    CPU at moderate rates, about twice the receive→commit time)."""
     writers: int = field(default=2, metadata=between(1, 64))
     """Concurrent batch writes per worker (acks stay in arrival order); 2 overlaps one COPY with a commit."""
     max_unacked: int = field(default=50_000, metadata=between(1, None))

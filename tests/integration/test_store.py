@@ -16,8 +16,7 @@ import pytest
 
 from occ.errors import StoreUnavailable
 from occ.models import DeadLetter, Device, Event, Quality, RejectCode, StatusChange
-from occ.store import MigrationError, Store, migrate
-from occ.store import writes
+from occ.store import MigrationError, Store, migrate, writes
 from occ.store.migrator import discover
 
 T0 = datetime(2026, 11, 27, 1, 0, tzinfo=UTC)

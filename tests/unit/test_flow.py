@@ -58,6 +58,8 @@ def run(flow: IngestFlow[str], clock: FakeClock, steps: list[tuple[Any, ...]]) -
             got = flow.tick()
         elif event == "drain":
             got = flow.drain()
+        elif event == "settle":
+            got = flow.settle()
         else:
             raise AssertionError(event)
         assert list(got) == expected, f"step {number} ({event} {args}): {list(got)} != {expected}"
@@ -66,6 +68,23 @@ def run(flow: IngestFlow[str], clock: FakeClock, steps: list[tuple[Any, ...]]) -
 T0 = 100.0
 
 CASES: dict[str, tuple[dict[str, Any], list[tuple[Any, ...]]]] = {
+    "flush when idle: what a read brought is written at once when no batch is out": ({"flush_when_idle": True}, [
+        ("recv", "a", [TickAt(T0 + 0.01)]),
+        ("settle", [Flush(0, ["a"])]),  # nothing out: no linger
+        ("recv", "b", [TickAt(T0 + 0.01)]),
+        ("settle", []),  # batch 0 is being written: b lingers
+        ("commit", 0, [Ack(0, ["a"]), Flush(1, ["b"])]),  # none out any more: b at once
+        ("settle", []),  # nothing held
+        ("recv", "c", [TickAt(T0 + 0.01)]),
+        ("wait", 0.01, None),
+        ("tick", [Flush(2, ["c"])]),  # while a write is out, the linger rule as before
+    ]),
+    "without flush when idle, settle changes nothing": ({}, [
+        ("recv", "a", [TickAt(T0 + 0.01)]),
+        ("settle", []),
+        ("wait", 0.01, None),
+        ("tick", [Flush(0, ["a"])]),
+    ]),
     "a full batch flushes at once": ({}, [
         ("recv", "a", [TickAt(T0 + 0.01)]),
         ("recv", "b", [Flush(0, ["a", "b"])]),
@@ -243,7 +262,7 @@ def test_random_runs_ack_everything_once_in_order_within_the_bounds(seed: int) -
     flow: IngestFlow[str] = IngestFlow(
         batch_max=rng.choice([1, 3, 10]), linger_s=rng.choice([0.0, 0.01, 0.2]), max_unacked=max_unacked,
         max_unacked_bytes=max_bytes, max_batches=rng.choice([1, 2, 4]), clock=clock, random=rng.random,
-        retry_initial_s=0.05, retry_max_s=1.0, poison_attempts=2,
+        retry_initial_s=0.05, retry_max_s=1.0, poison_attempts=2, flush_when_idle=rng.random() < 0.5,
     )
     total = 400
     sent = acked = 0
@@ -281,6 +300,8 @@ def test_random_runs_ack_everything_once_in_order_within_the_bounds(seed: int) -
                 budget -= 1
             apply(flow.received(f"m{sent}", rng.randint(1, 100)))
             sent += 1
+            if rng.random() < 0.3:  # the end of a transport read
+                apply(flow.settle())
             if not paused:
                 budget = in_flight_when_paused
             assert flow.unacked <= max_unacked + in_flight_when_paused
