@@ -42,8 +42,9 @@ class StoreBase:
         self._series_ids: dict[str, dict[str, int]] = {}
         """device_id -> metric -> series id. Ids never change once made, so a cache that only grows is exact
         (bounded by the number of series, like `latest`)."""
-        self._series_seen: set[int] = set()
-        """Every id in `_series_ids` (how many series this process knows, for the write path's dirty marks)."""
+        self._series_prefixes: dict[int, bytes] = {}
+        """series id -> the start of its binary COPY row for `latest` staging (id, device_id, metric); kept for
+        every id in `_series_ids`."""
         self._series_levels: dict[int, int] = {}
         """series id -> its rollup level, once maintenance decided it (it never changes afterwards)."""
         self._series_total = 0

@@ -35,6 +35,11 @@ _SERIES_ROW = np.dtype([
     ("fields", ">i2"), ("len_id", ">i4"), ("series_id", ">i4"), ("len_ts", ">i4"), ("ts", ">i8"),
     ("len_value", ">i4"), ("value", ">f8"), ("len_quality", ">i4"), ("quality", ">i2"),
 ])
+# The fixed tail of a `latest` staging row (ts, value, quality) after its series_id, device_id and metric fields.
+_TAIL = np.dtype([
+    ("len_ts", ">i4"), ("ts", ">i8"), ("len_value", ">i4"), ("value", ">f8"), ("len_quality", ">i4"),
+    ("quality", ">i2"),
+])
 SERIES_COLUMNS = ("series_id", "ts", "value", "quality")
 """Column order of `SeriesColumns.payload()`."""
 
@@ -120,3 +125,32 @@ class SeriesColumns:
         else:
             hours = np.unique(self.ts // _HOUR_US).tolist()
         return [from_epoch_us(h * _HOUR_US) for h in hours]
+
+
+LATEST_COLUMNS = ("series_id", "device_id", "metric", "ts", "value", "quality")
+"""Column order of `latest_payload` (the `occ_latest_staging` table, occ/store/connection.py)."""
+
+
+def key_prefix(series_id: int, device_id: str, metric: str) -> bytes:
+    """The start of a `latest` staging row (`LATEST_COLUMNS`) for one series: its id and (device, metric) key."""
+    d, m = device_id.encode(), metric.encode()
+    return (b"\x00\x06\x00\x00\x00\x04" + series_id.to_bytes(4, "big", signed=True) + len(d).to_bytes(4, "big") + d
+            + len(m).to_bytes(4, "big") + m)
+
+
+def latest_payload(prefixes: Sequence[bytes], columns: SeriesColumns, index: np.ndarray) -> bytes:
+    """Binary COPY stream of `LATEST_COLUMNS` for the rows `index` of `columns`; `prefixes[i]` is `key_prefix`
+    of row `index[i]`'s series."""
+    tails = np.empty(len(index), dtype=_TAIL)
+    tails["len_ts"] = 8
+    tails["ts"] = columns.ts[index]
+    tails["len_value"] = 8
+    tails["value"] = columns.value[index]
+    tails["len_quality"] = 2
+    tails["quality"] = columns.quality[index]
+    raw = tails.tobytes()
+    size = _TAIL.itemsize
+    parts = [HEADER]
+    parts += [p + raw[i : i + size] for p, i in zip(prefixes, range(0, len(raw), size), strict=True)]
+    parts.append(TRAILER)
+    return b"".join(parts)

@@ -131,6 +131,8 @@ def _json_dumps(value: Any) -> str:
 # Session-private staging tables for the write path, made once per pooled connection. ON COMMIT DELETE ROWS
 # empties them at the end of each transaction that used them, without the catalog churn of TRUNCATE.
 STAGING_TABLES = (
+    "CREATE TEMP TABLE IF NOT EXISTS occ_latest_staging (series_id integer, device_id text, metric text, "
+    "ts timestamptz, value double precision, quality smallint) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS occ_series_staging (seq bigint GENERATED ALWAYS AS IDENTITY, "
     "ts timestamptz, value double precision, series_id integer, quality smallint) ON COMMIT DELETE ROWS",
 )

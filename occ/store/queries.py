@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 from occ.store import history as hist
 from occ.store.base import StoreBase, require_aware
+from occ.store.binary_copy import key_prefix
 from occ.store.records import DeadLetterRecord, HistoryPoint, StoredEvent
 
 _DIRTY = (
@@ -211,7 +212,8 @@ class HistoryQueries(StoreBase):
 
     def _remember_series(self, devices: list[str], metric: str, ids: list[int], levels: list[int | None]) -> None:
         for device, sid, level in zip(devices, ids, levels, strict=True):
-            self._series_seen.add(sid)
+            # The write path expects a COPY prefix for every id it finds in this cache.
+            self._series_prefixes.setdefault(sid, key_prefix(sid, device, metric))
             self._series_ids.setdefault(device, {})[metric] = sid
             if level is not None:
                 self._series_levels[sid] = level

@@ -16,7 +16,7 @@ import numpy as np
 from occ.models import DeadLetter, Event, ReadingRow, StatusChange
 from occ.store import rollups
 from occ.store.base import StoreBase, clean_text, require_aware, rowcount
-from occ.store.binary_copy import SERIES_COLUMNS, SeriesColumns
+from occ.store.binary_copy import LATEST_COLUMNS, SERIES_COLUMNS, SeriesColumns, key_prefix, latest_payload
 from occ.store.connection import ConnectionLost
 from occ.store.records import WriteResult
 from occ.store.registry import REGISTER_UNPROVISIONED
@@ -94,20 +94,21 @@ class BatchMarks:
         )
 
 
-def batch_written_sql(columns: SeriesColumns, marks: BatchMarks, received_at: datetime) -> str:
-    """`SELECT occ_batch_written(...)` (migration 0035) for a batch written by COPY.
+def latest_and_marks_sql(marks: BatchMarks, received_at: datetime) -> str:
+    """After a COPY batch's readings and its `occ_latest_staging` rows: the `latest` upsert and the dirty marks,
+    as one simple query that the COMMIT can join. The literals are made here from an aware datetime and numbers
+    (never from device input), so nothing needs escaping; parameters would have cost a round trip more.
 
-    Values are inlined as literals so that the call and the COMMIT travel in one simple query. Every literal is
-    made here from numbers and aware datetimes (never from device input), so nothing needs escaping; parameters
-    would have cost a round trip more per batch."""
-    newest = marks.newest
+    `latest` rows are locked in series-id order, as `occ_batch_written` (0036) does for small batches, so that
+    writers on the two paths never wait on each other in a cycle."""
     touched = "NULL" if marks.touched is None else f"'{marks.touched}'::integer[]"
     return (
-        f"SELECT occ_batch_written('{_numbers(columns.series_id[newest].tolist())}'::integer[],"
-        f"'{_numbers(columns.ts[newest].tolist())}'::bigint[],"
-        f"'{_numbers(columns.value[newest].tolist())}'::double precision[],"
-        f"'{_numbers(columns.quality[newest].tolist())}'::smallint[],"
-        f"'{received_at.isoformat()}'::timestamptz,'{marks.hours}'::timestamptz[],{touched})"
+        "INSERT INTO latest AS l (device_id, metric, ts, value, quality, received_at) "
+        f"SELECT device_id, metric, ts, value, quality, '{received_at.isoformat()}'::timestamptz "
+        "FROM occ_latest_staging ORDER BY series_id "
+        "ON CONFLICT (device_id, metric) DO UPDATE SET ts = excluded.ts, value = excluded.value, "
+        "quality = excluded.quality, received_at = excluded.received_at WHERE excluded.ts > l.ts;"
+        f"INSERT INTO rollup_dirty (bucket, series) SELECT unnest('{marks.hours}'::timestamptz[]), {touched}"
     )
 
 
@@ -178,19 +179,30 @@ class Writes(StoreBase):
                 async with self._connection() as conn:
                     if columns is None and rows:
                         columns = SeriesColumns.build(await self._series_id_list(conn, rows), rows)
-                        marks = BatchMarks.of(columns, max(self._series_total, len(self._series_seen)))
+                        marks = BatchMarks.of(columns, max(self._series_total, len(self._series_prefixes)))
                     if columns is not None and marks is not None and not extras and len(columns) <= SMALL_BATCH:
                         args = write_readings_args(columns, marks, received_at)
                         inserted = await conn.fetchval(_WRITE_READINGS, *args)
                         return WriteResult(inserted=inserted, duplicates=len(rows) - inserted)
-                    finish = batch_written_sql(columns, marks, received_at) if columns is not None and marks else ""
+                    latest_copy = finish = None
+                    if columns is not None and marks is not None:
+                        prefixes = self._series_prefixes
+                        index = marks.newest
+                        latest_copy = memoryview(  # a memoryview: asyncpg takes bytes for a file name
+                            latest_payload([prefixes[s] for s in columns.series_id[index].tolist()], columns, index)
+                        )
+                        finish = latest_and_marks_sql(marks, received_at)
                     await conn.execute("BEGIN")
                     try:
                         inserted = await self._insert_series_readings(conn, columns)
+                        if inserted and latest_copy is not None:  # a pure redelivery changes nothing more
+                            await conn.copy_to_table(
+                                "occ_latest_staging", source=latest_copy, columns=LATEST_COLUMNS, format="binary"
+                            )
                         if inserted and not extras:
-                            await conn.execute(finish + ";COMMIT")  # the rest and the COMMIT: one round trip
+                            await conn.execute(f"{finish};COMMIT")  # the rest and the COMMIT: one round trip
                         else:
-                            if inserted:  # a pure redelivery changes nothing more
+                            if inserted:
                                 await conn.execute(finish)
                             events_inserted = await self._insert_events(conn, event_list, received_at)
                             changes = await self._apply_statuses(conn, status_list, received_at)
@@ -239,12 +251,12 @@ class Writes(StoreBase):
         missing = sorted({(r[0], r[1]) for r in rows if r[1] not in ids.get(r[0], ())})
         # A series another writer registers concurrently is committed but invisible to this statement's
         # snapshot (ON CONFLICT waited for it): the second round finds it.
-        seen = self._series_seen
+        prefixes = self._series_prefixes
         for _ in range(3):
             found = await conn.fetch(_REGISTER_SERIES, [k[0] for k in missing], [k[1] for k in missing])
             for row in found:
                 ids.setdefault(row["device_id"], {})[row["metric"]] = row["id"]
-                seen.add(row["id"])
+                prefixes[row["id"]] = key_prefix(row["id"], row["device_id"], row["metric"])
             missing = [k for k in missing if k[1] not in ids.get(k[0], ())]
             if not missing:
                 break

@@ -16,8 +16,10 @@ from occ.store.binary_copy import (
     TRAILER,
     SeriesColumns,
     epoch_us,
+    key_prefix,
+    latest_payload,
 )
-from occ.store.writes import BatchMarks, batch_written_sql, write_readings_args
+from occ.store.writes import BatchMarks, latest_and_marks_sql, write_readings_args
 
 T0 = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 
@@ -119,15 +121,27 @@ def test_batch_marks_and_the_two_write_calls_carry_the_newest_reading_per_series
     assert marks.hours == f'{{"{T0.isoformat()}","{(T0 + timedelta(hours=1)).isoformat()}"}}'
     assert marks.touched == "{1,2}"  # few of the 100 known series
     assert BatchMarks.of(columns, known_series=3).touched is None  # most series: the whole hour
-    sql = batch_written_sql(columns, marks, T0)
-    assert sql.startswith("SELECT occ_batch_written('{1,2}'::integer[],")
-    assert f"'{{{_us(T0 + timedelta(minutes=5))},{_us(T0 + timedelta(hours=1))}}}'::bigint[]" in sql
-    assert "'{2.5,98.5}'::double precision[]" in sql and "'{0,1}'::smallint[]" in sql
-    assert sql.endswith(f"'{marks.hours}'::timestamptz[],'{{1,2}}'::integer[])")
+    sql = latest_and_marks_sql(marks, T0)
+    assert "FROM occ_latest_staging ORDER BY series_id" in sql and f"'{T0.isoformat()}'::timestamptz" in sql
+    assert sql.endswith(f"SELECT unnest('{marks.hours}'::timestamptz[]), '{{1,2}}'::integer[]")
     series, ts, values, quality, newest, received_at, hours, touched = write_readings_args(columns, marks, T0)
     assert (series, values, quality, newest) == ("{1,1,2}", "{1.0,2.5,98.5}", "{0,0,1}", "{2,3}")  # 1-based
     assert ts == "{" + ",".join(str(_us(r[2])) for r in sorted(rows, key=lambda r: (r[0], r[2]))) + "}"
     assert (received_at, hours, touched) == (T0, marks.hours, "{1,2}")
+
+
+def test_latest_payload_names_each_series() -> None:
+    rows = [("dev-1", "rain_mm", T0, 1.0, 0), ("dev-2", "water_level_m", T0 + timedelta(hours=1), 98.5, 1)]
+    columns = SeriesColumns.build([7, 9], rows)
+    newest = columns.newest()
+    prefixes = {7: key_prefix(7, "dev-1", "rain_mm"), 9: key_prefix(9, "dev-2", "water_level_m")}
+    payload = latest_payload([prefixes[s] for s in columns.series_id[newest].tolist()], columns, newest)
+    parsed = _parse(payload)
+    assert [struct.unpack(">i", r[0] or b"")[0] for r in parsed] == [7, 9]
+    assert [(r[1], r[2]) for r in parsed] == [(b"dev-1", b"rain_mm"), (b"dev-2", b"water_level_m")]
+    assert [struct.unpack(">q", r[3] or b"")[0] for r in parsed] == [_us(T0), _us(T0 + timedelta(hours=1))]
+    assert [struct.unpack(">d", r[4] or b"")[0] for r in parsed] == [1.0, 98.5]
+    assert [struct.unpack(">h", r[5] or b"")[0] for r in parsed] == [0, 1]
 
 
 def test_hours_live_span_and_backfill() -> None:
