@@ -40,9 +40,9 @@ _INSERT_SERIES_FROM_STAGING = (
 # New series are registered in their own statement before the batch's transaction (a series row is harmless
 # if the batch then fails), in key order so that concurrent registrations wait instead of deadlocking.
 # A batch of at most SMALL_BATCH readings and nothing else (the live stream between bursts) is written by one
-# statement in autocommit: one round trip, where the COPY path takes four (BEGIN, COPY, its data, the rest with
-# the COMMIT). On a busy machine each round trip waits for a core on both sides; a larger batch is written by
-# COPY, which costs the server less per reading (issue 8).
+# statement in autocommit: one round trip, where the COPY path takes six (BEGIN, the readings' COPY and its data,
+# the `latest` staging COPY and its data, the rest with the COMMIT). On a busy machine each round trip waits for
+# a core on both sides; a larger batch is written by COPY, which costs the server less per reading (issue 8).
 SMALL_BATCH = 1000
 _WRITE_READINGS = (
     "SELECT occ_write_readings($1::text::integer[], $2::text::bigint[], $3::text::double precision[], "
@@ -173,7 +173,10 @@ class Writes(StoreBase):
         conflicts = lost = 0
         columns: SeriesColumns | None = None
         marks: BatchMarks | None = None
+        latest_copy: memoryview | None = None
+        finish = ""
         extras = bool(event_list or status_list or letters or unprovisioned)
+        events_inserted = changes = 0
         while True:
             try:
                 async with self._connection() as conn:
@@ -184,8 +187,7 @@ class Writes(StoreBase):
                         args = write_readings_args(columns, marks, received_at)
                         inserted = await conn.fetchval(_WRITE_READINGS, *args)
                         return WriteResult(inserted=inserted, duplicates=len(rows) - inserted)
-                    latest_copy = finish = None
-                    if columns is not None and marks is not None:
+                    if latest_copy is None and columns is not None and marks is not None:  # once, not per retry
                         prefixes = self._series_prefixes
                         index = marks.newest
                         latest_copy = memoryview(  # a memoryview: asyncpg takes bytes for a file name
@@ -220,9 +222,9 @@ class Writes(StoreBase):
                 return WriteResult(
                     inserted=inserted,
                     duplicates=len(rows) - inserted,
-                    events_inserted=events_inserted if extras else 0,
+                    events_inserted=events_inserted,
                     dead_lettered=len(letters),
-                    status_changes=changes if extras else 0,
+                    status_changes=changes,
                 )
             except _RETRYABLE as exc:
                 conflicts += 1
