@@ -99,7 +99,7 @@ def latest_and_marks_sql(marks: BatchMarks, received_at: datetime) -> str:
     as one simple query that the COMMIT can join. The literals are made here from an aware datetime and numbers
     (never from device input), so nothing needs escaping; parameters would have cost a round trip more.
 
-    `latest` rows are locked in series-id order, as `occ_batch_written` (0036) does for small batches, so that
+    `latest` rows are locked in series-id order, as `occ_batch_written` (0036, 0041) does for small batches, so that
     writers on the two paths never wait on each other in a cycle."""
     touched = "NULL" if marks.touched is None else f"'{marks.touched}'::integer[]"
     return (

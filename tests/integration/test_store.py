@@ -249,6 +249,29 @@ async def test_both_write_paths_mark_the_same_hours_and_series(
     assert len(states[0][0]) == 65 and len(states[0][2]) == 1 + 5  # live: its hour; backfill: its five hours
 
 
+async def test_small_batches_look_up_their_series_by_key(store: Store, database_url: str) -> None:
+    """A small batch's `latest` upsert finds each reading's (device, metric) by the series' primary key. From
+    about ten readings on, the planner used to prefer a hash join over a sequential scan of all of `series`, on
+    every batch (migration 0041): a cost that grew with the number of series."""
+    await store.write_batch([(f"st{i:04d}", "rain_mm", T0, 1.0, 0) for i in range(3000)], received_at=T0)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("ANALYZE series")
+        ids = [r["id"] for r in await conn.fetch("SELECT id FROM series ORDER BY id LIMIT 160")]
+        async with conn.transaction():
+            for k, n in enumerate((1, 5, 15, 30, 15, 15, 15, 15, 15, 34)):  # custom plans, then the generic one
+                batch, ids = ids[:n], ids[n:]
+                await conn.execute(
+                    "SELECT occ_batch_written($1, $2, $3, $4, $5, $6, NULL)",
+                    batch, [10**15 + k] * n, [2.0] * n, [0] * n, T0, [T0],
+                )
+            scans = await conn.fetchval("SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'series'")
+    finally:
+        await conn.close()
+    assert scans == 0
+    assert await fetchval(database_url, "SELECT count(*) FROM latest WHERE value = 2.0") == 160
+
+
 async def test_events_statuses_dead_letters_and_unprovisioned(store: Store) -> None:
     events = [
         Event("cam1", T0, "incident", {"kind": "landslide", "confidence": 0.9}),
