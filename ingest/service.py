@@ -76,6 +76,7 @@ from occ.store import Store, WriteResult
 log = logging.getLogger(__name__)
 
 REGISTRY_REFRESH_S = 30.0
+REGISTRY_RELOAD_S = 600.0
 UNKNOWN_CHECK_MIN_S = 0.1
 """Batches with unknown devices re-check the registry, at most this often (a flood of unknown ids must not
 turn into a query per batch)."""
@@ -83,6 +84,9 @@ POISON_ATTEMPTS = 3
 """A batch that fails this often with an error that is not an outage is written message by message, so one
 message the database refuses goes to dead letters instead of blocking the stream."""
 MAINTENANCE_EVERY_S = 300.0
+MAINTENANCE_BUSY_SHARE = 0.5
+"""Store maintenance inside ingest works at most half of the time it runs (its rollup steps are paced): a burst
+of it on a busy machine showed as a burst of publish->commit latency (issue 8)."""
 TRANSPORTS = ("native", "paho")
 _EPOCH = datetime.fromtimestamp(0, UTC)
 GC_YOUNG_THRESHOLD = 100_000
@@ -241,6 +245,7 @@ class IngestService:
         self._http_runner: Any = None
         self._last_registry_check = 0.0
         self._registry_version: tuple[int, datetime | None] = (0, None)
+        self._gateway_accounts: frozenset[str] = frozenset()
         self._registry_stale = False
         self._store_retries_seen = 0
         self._last_received = 0.0
@@ -324,7 +329,9 @@ class IngestService:
         delay = 0.5
         while True:
             try:
-                store = await Store.connect(self.database_url, pool_size=self._pool_size, **self._store_options)
+                store = await Store.connect(
+                    self.database_url, pool_size=self._pool_size, **{"pool_warm": True, **self._store_options}
+                )
                 self.database_up = True
                 return store
             except StoreUnavailable as exc:
@@ -605,20 +612,27 @@ class IngestService:
         await self._refresh_registry()
         return True
 
-    async def _refresh_registry(self) -> None:
+    async def _refresh_registry(self, *, if_changed: bool = False) -> None:
+        """Load the device registry and the gateway accounts. `if_changed`: reload the devices only when the
+        registry's version differs from the one loaded (the periodic check). Loading 7,000 devices holds this
+        worker's event loop for 60-100 ms on an idle machine, several times that on a busy one: done every 30 s
+        by each worker, it was a burst of publish->commit latency every ~15 s with two workers (issue 8)."""
         assert self.store is not None
         try:
             version = await self.store.devices_version()  # before the list: a change in between reloads again
-            devices = await self.store.list_devices()
             # Gateways with MQTT credentials, revoked ones included (issue 7): revoking never widens what a
             # gateway's payloads may carry (messages still in flight when it is revoked stay held to its devices).
-            gateways = [a.username for a in await self.store.credentials.accounts(role="gateway")]
+            gateways = frozenset(a.username for a in await self.store.credentials.accounts(role="gateway"))
+            devices = None if if_changed and version == self._registry_version else await self.store.list_devices()
         except StoreUnavailable:
             return
-        self.devices = {d.id: d for d in devices}
-        self.decoder.set_devices(self.devices)
-        self.decoder.set_gateway_accounts(gateways)
-        self._registry_version = version
+        if devices is not None:
+            self.devices = {d.id: d for d in devices}
+            self.decoder.set_devices(self.devices)
+            self._registry_version = version
+        if devices is not None or gateways != self._gateway_accounts:
+            self.decoder.set_gateway_accounts(gateways)
+            self._gateway_accounts = gateways
 
     # -- write path ---------------------------------------------------------------------------------
     async def _write_loop(self) -> None:
@@ -716,15 +730,23 @@ class IngestService:
         return total
 
     async def _housekeeping_loop(self) -> None:
-        """Registry refresh and store maintenance (plain path: partitions ahead, rollups, retention)."""
+        """Registry refresh and store maintenance (plain path: partitions ahead, rollups, retention).
+
+        The registry is checked every ~30 s and reloaded when its version changed; reloaded whatever the version
+        says every `REGISTRY_RELOAD_S` (a change the version cannot see: an update committed with an older
+        `updated_at` than one already seen)."""
         last_maintenance = 0.0
+        last_reload = time.monotonic()
         while True:
             await asyncio.sleep(REGISTRY_REFRESH_S * (0.8 + 0.4 * random.random()))
-            await self._refresh_registry()
+            reload = time.monotonic() - last_reload >= REGISTRY_RELOAD_S
+            if reload:
+                last_reload = time.monotonic()
+            await self._refresh_registry(if_changed=not reload)
             if self.store is not None and time.monotonic() - last_maintenance >= MAINTENANCE_EVERY_S:
                 last_maintenance = time.monotonic()
                 try:
-                    report = await self.store.maintain()
+                    report = await self.store.maintain(busy_share=MAINTENANCE_BUSY_SHARE)
                     if not report.skipped:
                         self.metrics.rollup_lag.set(report.lag_s)
                 except StoreUnavailable:

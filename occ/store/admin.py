@@ -29,8 +29,12 @@ class Administration(StoreBase):
         async with self._connection() as conn:
             await maintenance.write_settings(conn, new, timescale=self._mode == "timescale")
 
-    async def maintain(self, *, now: datetime | None = None, budget_s: float = 30.0) -> MaintenanceReport:
+    async def maintain(
+        self, *, now: datetime | None = None, budget_s: float = 30.0, busy_share: float = 1.0
+    ) -> MaintenanceReport:
         """Periodic housekeeping; call every few minutes from one or more processes (only one runs at a time).
+        `busy_share` < 1 paces the rollup work (occ/store/rollups.py `pace`) for a process that shares the machine
+        with live ingest.
 
         Plain: partitions ahead, rows out of the default partition, partitions past retention dropped.
         TimescaleDB: the background policies compress and drop chunks. Both: 1-minute rollups past retention
@@ -65,6 +69,7 @@ class Administration(StoreBase):
                     grace=self.settings.rollup_grace,
                     retention_cutoff=cutoff,
                     deadline=deadline,
+                    busy_share=busy_share,
                 )
                 report.hours_refreshed = refreshed.hours
                 report.days_refreshed = refreshed.days

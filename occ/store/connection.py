@@ -163,14 +163,18 @@ async def keep_session(conn: asyncpg.Connection) -> None:
     terminates the connection when the unlock cannot run. Its temporary staging tables are meant to stay."""
 
 
-async def create_pool(url: str, *, size: int, connect_timeout: float = 10.0, **kwargs: Any) -> asyncpg.Pool:
+async def create_pool(
+    url: str, *, size: int, warm: bool = False, connect_timeout: float = 10.0, **kwargs: Any
+) -> asyncpg.Pool:
+    """`warm`: all `size` connections opened now and kept however long they are idle (StoreSettings.pool_warm)."""
     settings = dict(SERVER_SETTINGS)
     settings.update(kwargs.pop("server_settings", {}) or {})
     async with translate_errors():
         pool = await asyncpg.create_pool(
             url,
-            min_size=1,
+            min_size=size if warm else 1,
             max_size=size,
+            max_inactive_connection_lifetime=0 if warm else 300.0,
             timeout=connect_timeout,
             server_settings=settings,
             init=init_connection,

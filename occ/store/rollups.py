@@ -9,6 +9,7 @@ hours is pending.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -35,6 +36,38 @@ class RefreshResult:
     dropped: int = 0
     lag_s: float = 0.0
     classified: int = 0
+
+
+CLASSIFY_CHUNK = 200
+"""Series examined per classification statement (~20 ms with a few dozen readings each): a fleet's first
+maintenance run classifies thousands of series, which in one statement held a core for most of a second."""
+
+
+async def pace(began: float, busy_share: float) -> None:
+    """Sleep so that the step that began at `began` (time.monotonic()) took at most `busy_share` of the time since
+    then: maintenance beside live ingest must leave the machine to it (a step in a row of steps never waits for
+    more than it worked)."""
+    if busy_share < 1.0:
+        await asyncio.sleep((time.monotonic() - began) * (1.0 - busy_share) / busy_share)
+
+
+async def classify_series(conn: asyncpg.Connection, *, deadline: float, busy_share: float = 1.0) -> int:
+    """Give their rollup level to the series that have none yet and now have two readings, CLASSIFY_CHUNK series
+    per statement (migration 0042), until none is left or `deadline` passes (the next run goes on). Returns how
+    many were classified."""
+    after, total = 0, 0
+    while True:
+        began = time.monotonic()
+        row = await conn.fetchrow(
+            "SELECT classified, last_id FROM occ_classify_series_after($1, $2)", after, CLASSIFY_CHUNK
+        )
+        if row["last_id"] is None:
+            return total
+        total += row["classified"]
+        after = row["last_id"]
+        if time.monotonic() >= deadline:
+            return total
+        await pace(began, busy_share)
 
 
 WHOLE_SHARE = 0.5
@@ -71,13 +104,15 @@ async def refresh(
     retention_cutoff: datetime | None,
     deadline: float,
     batch_hours: int = 24,
+    busy_share: float = 1.0,
 ) -> RefreshResult:
     """Refresh dirty hours (oldest first) and then days whose hours are all clean, until done or `deadline`
     (a time.monotonic() value) passes. The caller holds the maintenance advisory lock.
 
     Each call refreshes at least one batch of hours and then at least one batch of days, whatever the deadline:
     a backlog of hours that takes the whole budget (a backfill, a slow disk) must not starve the days, or daily
-    rollups would never complete while data keeps arriving (issue 9 item 7).
+    rollups would never complete while data keeps arriving (issue 9 item 7). Between its statements it sleeps so
+    as to be busy at most `busy_share` of the time (`pace`).
 
     Work is proportional to what changed: an hour or day that most series touched is recomputed in one range
     pass (occ_refresh_range / occ_refresh_days); one that few series touched (a backfill) only for those series
@@ -90,12 +125,16 @@ async def refresh(
         status = await conn.execute("DELETE FROM rollup_dirty_days WHERE day < $1", retention_cutoff)
         result.dropped += int(status.split()[-1])
     # Series that have just reached two readings get their rollup level (and their hours marked dirty).
-    result.classified = await conn.fetchval("SELECT occ_classify_series()")
+    result.classified = await classify_series(conn, deadline=deadline, busy_share=busy_share)
     whole_from = max(1, int(WHOLE_SHARE * await conn.fetchval("SELECT count(*) FROM series")))
     ready_before = now - grace - HOUR
+    began = time.monotonic()
     first = True
     while first or time.monotonic() < deadline:
+        if not first:
+            await pace(began, busy_share)
         first = False
+        began = time.monotonic()
         rows = await conn.fetch(_DIRTY_HOURS, ready_before, batch_hours)
         if not rows:
             break
@@ -120,7 +159,10 @@ async def refresh(
         result.hours += len(hours)
     first = True
     while first or time.monotonic() < deadline:
+        if not first:
+            await pace(began, busy_share)
         first = False
+        began = time.monotonic()
         rows = await conn.fetch(_READY_DAYS, rollup_tz.key, batch_hours, now - grace)
         if not rows:
             break

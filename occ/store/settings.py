@@ -27,6 +27,11 @@ class StoreSettings:
     """How this process uses the store; invalid values raise ValueError when the object is built."""
 
     pool_size: int = 4
+    pool_warm: bool = False
+    """Open all `pool_size` connections at connect and never close them for being idle. For a service on the hot
+    path (ingest): otherwise a connection is opened when concurrency first rises (a maintenance run beside two
+    writers), in the middle of the stream, and each opening (authentication, codecs, staging tables) stalls the
+    write that waits for it by tens of milliseconds; asyncpg also closes connections idle for five minutes."""
     timezone: str = "Asia/Ho_Chi_Minh"
     """The site time zone: default zone of history buckets; daily rollups are fixed to it at creation."""
     timescaledb: str = "auto"

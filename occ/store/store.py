@@ -74,7 +74,9 @@ class Store(Writes, DeviceRegistry, CurrentState, HistoryQueries, Administration
         result: MigrateResult | None = None
         if migrate:
             result = await run_migrations(url, settings)
-        pool = await create_pool(url, size=settings.pool_size, connect_timeout=settings.connect_timeout)
+        pool = await create_pool(
+            url, size=settings.pool_size, warm=settings.pool_warm, connect_timeout=settings.connect_timeout
+        )
         try:
             async with translate_errors(), pool.acquire() as conn:
                 values = await _settings_or_none(conn)

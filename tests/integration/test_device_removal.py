@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import ingest.service
-from occ.models import RejectCode
+from occ.models import Device, RejectCode
 from tests.conftest import ROOT
 from tests.integration.ingest_helpers import HYDROMET, Publisher, fetch, running_ingest, seed_devices, wait_for_count
 
@@ -51,3 +51,35 @@ async def test_a_removed_device_keeps_its_readings_and_is_refused_afterwards(
     assert {(r["code"], r["device_id"]) for r in letters} == {(RejectCode.UNKNOWN_DEVICE, device)}
     first = await fetch(database_url, "SELECT value FROM readings WHERE device_id = $1 AND value = 1.5", device)
     assert len(first) == 1, "the readings stored before the removal stay"
+
+
+async def test_the_periodic_check_reloads_the_registry_only_when_it_changed(
+    database_url: str, mqtt_services_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every registry check reads its version; the devices are loaded again only when it changed (a reload holds
+    the event loop for tens of milliseconds with thousands of devices), or every REGISTRY_RELOAD_S regardless."""
+    monkeypatch.setattr(ingest.service, "REGISTRY_REFRESH_S", 0.05)
+    await seed_devices(database_url)
+    async with running_ingest(database_url, mqtt_services_url) as service:
+        store = service.store
+        assert store is not None
+        loads = 0
+        original = store.list_devices
+
+        async def counted(*args: object, **kwargs: object) -> list[Device]:
+            nonlocal loads
+            loads += 1
+            return await original(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(store, "list_devices", counted)
+        await asyncio.sleep(0.6)  # ~10 checks
+        assert loads == 0
+        await seed_devices(database_url, [Device(id="HG-NEW-1", kind="hydromet", name="added")])
+        for _ in range(100):
+            if "HG-NEW-1" in service.devices:
+                break
+            await asyncio.sleep(0.05)
+        assert "HG-NEW-1" in service.devices and loads == 1
+        monkeypatch.setattr(ingest.service, "REGISTRY_RELOAD_S", 0.0)  # the safety net: every check reloads
+        await asyncio.sleep(0.3)
+        assert loads >= 3

@@ -6,6 +6,7 @@ rollup path and any mix of the two must all give the same answers.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
@@ -15,7 +16,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import pytest
 
-from occ.store import HistoryPoint, Store
+from occ.store import HistoryPoint, Store, rollups
 
 VN = ZoneInfo("Asia/Ho_Chi_Minh")
 T0 = datetime(2026, 10, 5, 0, 0, tzinfo=UTC)  # a Monday; well before any "now" used below
@@ -284,6 +285,40 @@ async def test_rollups_give_the_same_answers_as_raw(loaded: tuple[Store, list], 
             assert_same(after[key], expected)
         except AssertionError as exc:
             raise AssertionError(f"{key}: {exc}") from None
+
+
+async def test_series_are_classified_in_paced_chunks(
+    store: Store, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Classification goes through the series a chunk at a time (migration 0042), past series that cannot be
+    classified yet (one reading), and sleeps between chunks as `busy_share` asks; the result is the same as in one
+    go. A deadline that has passed stops after one chunk; the next run goes on from the start."""
+    monkeypatch.setattr(rollups, "CLASSIFY_CHUNK", 3)
+    sleeps: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def recorded_sleep(delay: float) -> None:
+        sleeps.append(delay)
+        await real_sleep(0)
+
+    monkeypatch.setattr(rollups.asyncio, "sleep", recorded_sleep)
+    rows = [row for i in range(8) for row in series(f"k{i}", T0, 2, step_min=10)]
+    rows += [(f"k{i}x", "rain_mm", T0, 1.0, 0) for i in range(4)]  # one reading: not yet; ids k0 k0x k1 k1x ...
+    await store.write_batch(rows, received_at=T0)
+    conn = await asyncpg.connect(database_url)
+    try:
+        first = await rollups.classify_series(conn, deadline=0.0)  # deadline passed: one chunk only
+        assert first == 2 and sleeps == []  # k0 and k1 (k0x has one reading)
+        left = await conn.fetchval("SELECT count(*) FROM series WHERE level IS NULL")
+        rest = await rollups.classify_series(conn, deadline=float("inf"), busy_share=0.25)
+        assert first + rest == 8
+        assert len(sleeps) == -(-left // 3) and all(s >= 0 for s in sleeps)  # a pause after each chunk
+        levels = dict(await conn.fetch("SELECT device_id, level FROM series"))
+        assert {d: v for d, v in levels.items() if not d.endswith("x")} == {f"k{i}": 2 for i in range(8)}
+        assert all(levels[f"k{i}x"] is None for i in range(4))
+        assert await rollups.classify_series(conn, deadline=float("inf")) == 0
+    finally:
+        await conn.close()
 
 
 async def test_rollup_levels_follow_each_series_report_interval(store: Store, database_url: str) -> None:

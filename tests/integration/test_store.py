@@ -249,6 +249,16 @@ async def test_both_write_paths_mark_the_same_hours_and_series(
     assert len(states[0][0]) == 65 and len(states[0][2]) == 1 + 5  # live: its hour; backfill: its five hours
 
 
+async def test_a_warm_pool_opens_every_connection_at_connect(database_url: str) -> None:
+    """Ingest's pool (pool_warm) never opens a connection in the middle of the stream; the default opens one."""
+    for warm, expected in ((True, 3), (False, 1)):
+        s = await Store.connect(database_url, timescaledb="off", pool_size=3, pool_warm=warm)
+        try:
+            assert s._pool.get_size() == expected
+        finally:
+            await s.close()
+
+
 async def test_small_batches_look_up_their_series_by_key(store: Store, database_url: str) -> None:
     """A small batch's `latest` upsert finds each reading's (device, metric) by the series' primary key. From
     about ten readings on, the planner used to prefer a hash join over a sequential scan of all of `series`, on
