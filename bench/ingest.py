@@ -313,6 +313,7 @@ class Bench:
         self.phases: dict[str, Phase] = {}
         self.run_id = uuid.uuid4().hex[:6]
         self.ingest_starts = 0
+        self.variant_name = ""
 
     # -- servers ----------------------------------------------------------------------------------------
     async def setup(self) -> None:
@@ -324,6 +325,7 @@ class Bench:
             self.pg = EmbeddedPostgres(self.work / "pg", durable=True)
             await asyncio.to_thread(self.pg.start)
             self.server_url = self.pg.url
+            await self._log_server_events()
         if external_mqtt:
             self.mqtt_url = external_mqtt
         else:
@@ -336,6 +338,17 @@ class Bench:
         broker = self.broker.kind if self.broker else "external"
         log(f"PostgreSQL {'embedded (durable)' if self.pg else 'external'} at {self.server_url}; "
             f"broker {broker} at {self.mqtt_url}")
+
+    async def _log_server_events(self) -> None:
+        """The embedded server logs every autovacuum run and every statement over 100 ms (pg.log, kept with
+        `--keep`): background work is what a latency tail is usually made of, and this says which and when."""
+        conn = await asyncpg.connect(self.server_url)
+        try:
+            await conn.execute("ALTER SYSTEM SET log_autovacuum_min_duration = 0")
+            await conn.execute("ALTER SYSTEM SET log_min_duration_statement = 100")
+            await conn.execute("SELECT pg_reload_conf()")
+        finally:
+            await conn.close()
 
     async def _create_database(self, name: str) -> str:
         conn = await asyncpg.connect(self.server_url)
@@ -647,9 +660,12 @@ class Bench:
 
     @staticmethod
     async def take_marks(marks: dict[float, dict[str, float]], pids: dict[str, int | None]) -> None:
+        """In a thread: a snapshot reads /proc for every process on the machine (8 ms idle, tens of ms on a busy
+        machine), and the latency probes' poller shares this event loop: a probe seen by a poll that waited for
+        the snapshot would be timed late."""
         for when in sorted(marks):
             await asyncio.sleep(max(0.0, when - time.time()))
-            marks[when] = {"_t": time.time(), **cpu_snapshot(pids)}
+            marks[when] = {"_t": time.time(), **await asyncio.to_thread(cpu_snapshot, pids)}
 
     @staticmethod
     def window_rate(samples: Sequence[Sample], t1: float, t2: float, attr: str = "readings") -> float:
@@ -836,7 +852,7 @@ class Bench:
                 / max(1.0, stats_after["writes"] - stats_before["writes"]),
             )
         sent_after_t1 = probe_result["acked"] - min(probe_result["acked"], round((t1 - start_at) / PROBE_INTERVAL_S))
-        with (self.work / "latency_probes.csv").open("w") as out:
+        with (self.work / f"probes_{label}_{self.variant_name.replace('/', '_')}.csv").open("w") as out:
             out.write("publish_time_s,publish_to_commit_ms\n")
             out.writelines(f"{ts:.3f},{1000 * lat:.1f}\n" for ts, lat in latencies)
         committed_rate = self.window_rate(samples, t1, t2)
@@ -1005,7 +1021,7 @@ class Bench:
     async def variant(self, workers: int, transport: str, *, primary: bool) -> None:
         """(a), (b), the sustain check and latency at half the sustained rate for one receive path × worker count."""
         o, want = self.o, self.o.phases
-        name = f"{transport}/{workers}w"
+        name = self.variant_name = f"{transport}/{workers}w"
         tag = "" if primary else f"-{transport}{workers}"
         await self.start_ingest(workers=workers, transport=transport, tag=tag)
         log(f"[{name}] ingest running (pid {', '.join(str(i.pid) for i in self.ingests)})")
