@@ -603,20 +603,14 @@ class IngestService:
         if wait > 0:
             await asyncio.sleep(wait)
         self._last_registry_check = time.monotonic()
-        try:
-            version = await self.store.devices_version()
-        except StoreUnavailable:
-            return False
-        if version == self._registry_version:
-            return False
-        await self._refresh_registry()
-        return True
+        return await self._refresh_registry(if_changed=True)
 
-    async def _refresh_registry(self, *, if_changed: bool = False) -> None:
-        """Load the device registry and the gateway accounts. `if_changed`: reload the devices only when the
-        registry's version differs from the one loaded (the periodic check). Loading 7,000 devices holds this
-        worker's event loop for 60-100 ms on an idle machine, several times that on a busy one: done every 30 s
-        by each worker, it was a burst of publish->commit latency every ~15 s with two workers (issue 8)."""
+    async def _refresh_registry(self, *, if_changed: bool = False) -> bool:
+        """Load the device registry and the gateway accounts; True when the devices were (re)loaded. `if_changed`:
+        reload the devices only when the registry's version differs from the one loaded (the periodic check and
+        the unknown-device check). Loading 7,000 devices holds this worker's event loop for 60-100 ms on an idle
+        machine, several times that on a busy one: done every 30 s by each worker, it was a burst of
+        publish->commit latency every ~15 s with two workers (issue 8)."""
         assert self.store is not None
         try:
             version = await self.store.devices_version()  # before the list: a change in between reloads again
@@ -625,7 +619,7 @@ class IngestService:
             gateways = frozenset(a.username for a in await self.store.credentials.accounts(role="gateway"))
             devices = None if if_changed and version == self._registry_version else await self.store.list_devices()
         except StoreUnavailable:
-            return
+            return False
         if devices is not None:
             self.devices = {d.id: d for d in devices}
             self.decoder.set_devices(self.devices)
@@ -633,6 +627,7 @@ class IngestService:
         if devices is not None or gateways != self._gateway_accounts:
             self.decoder.set_gateway_accounts(gateways)
             self._gateway_accounts = gateways
+        return devices is not None
 
     # -- write path ---------------------------------------------------------------------------------
     async def _write_loop(self) -> None:

@@ -60,10 +60,10 @@ def inject(site: str, marker: Path) -> None:
         ingest.service.REGISTRY_REFRESH_S = 0.2
         original_refresh = IngestService._refresh_registry
 
-        async def refresh(self: IngestService, **kwargs: Any) -> None:
+        async def refresh(self: IngestService, **kwargs: Any) -> bool:
             if due():
                 raise fault()
-            await original_refresh(self, **kwargs)
+            return await original_refresh(self, **kwargs)
 
         IngestService._refresh_registry = refresh  # type: ignore[method-assign]
     elif site == "receive":

@@ -83,7 +83,7 @@ async def test_a_crash_marks_the_service_unhealthy_at_once(
     async with running_ingest(database_url, mqtt_services_url) as service:
         assert service.health()["ok"]
 
-        async def broken_refresh(self: IngestService, **_: object) -> None:
+        async def broken_refresh(self: IngestService, **_: object) -> bool:
             raise KeyError("injected")
 
         monkeypatch.setattr(IngestService, "_refresh_registry", broken_refresh)
