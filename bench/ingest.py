@@ -44,11 +44,13 @@ from bench.common import (
     KIND,
     PROBE_METRIC,
     READINGS_PER_MESSAGE,
+    STEAL,
     PayloadMaker,
     cpu_snapshot,
     device_ids,
     first_json_line,
     machine_info,
+    machine_steal_s,
     percentile,
     publisher_command,
     status_kb,
@@ -114,7 +116,7 @@ class Options:
     latency_s: float = 20.0
     baseline_s: float = 10.0
     copy_rows: int = 1_000_000
-    sub_messages: int = 200_000
+    sub_messages: int = 1_000_000
     keep: bool = False
     profile_dir: str | None = None
     phases: frozenset[str] = frozenset(PHASES)
@@ -279,6 +281,12 @@ class IngestProcess:
             elif line.startswith("occ_ingest_messages_acked_total"):
                 acked = float(line.rsplit(" ", 1)[1])
         return readings, acked
+
+    async def stalls(self, http: aiohttp.ClientSession) -> list[dict[str, Any]]:
+        """The worker's latest stalls (event loop late, or a garbage collection) of 50 ms or more, from /healthz."""
+        async with http.get(self.base + "/healthz") as response:
+            report = await response.json()
+        return list(report.get("recent_stalls", []))
 
     def note_memory(self) -> None:
         if self.pid:
@@ -482,6 +490,13 @@ class Bench:
         values = await asyncio.gather(*(i.batch_stats(self.http) for i in self.ingests))
         return {k: sum(v[k] for v in values) for k in ("batches", "messages", "commit_s", "write_s", "writes")}
 
+    async def ingest_stalls(self, since: float, until: float) -> list[dict[str, Any]]:
+        """Every worker's stalls between two wall-clock times, each marked with the worker's index."""
+        assert self.http is not None
+        reports = await asyncio.gather(*(i.stalls(self.http) for i in self.ingests))
+        return sorted(({**stall, "worker": index} for index, stalls in enumerate(reports) for stall in stalls
+                       if since <= stall["at"] <= until), key=lambda stall: stall["at"])
+
     async def ingest_counters(self) -> tuple[float, float]:
         assert self.http is not None
         values = await asyncio.gather(*(i.counters(self.http) for i in self.ingests))
@@ -613,6 +628,7 @@ class Bench:
             return time.time()
 
         # (1) live
+        steal0, wall0 = machine_steal_s(), time.time()
         live = asyncio.create_task(run_sub("-C", str(n), "-W", "300", "-t", "bench/csub/#",
                                            "-i", f"bench-csub-{self.run_id}"))
         await asyncio.sleep(1.0)  # let it subscribe
@@ -621,6 +637,7 @@ class Bench:
         results = await self.collect(publishers)
         started = min(r["started"] for r in results)
         live_rate = n / (done - started)
+        live_steal = 100 * (machine_steal_s() - steal0) / (time.time() - wall0)
         publish_rate = n / (max(r["acked_done"] for r in results) - started)
         # (2) drain a queue
         client = f"bench-csubq-{self.run_id}"
@@ -633,8 +650,9 @@ class Bench:
         await run_sub("-i", client, "-t", "bench/csubq/#", "-E")  # a clean session discards the persistent one
         phase.figures.update(mosquitto_sub_msgs_per_s=max(live_rate, drain_rate), mosquitto_sub_live_msgs_per_s=
                              live_rate, mosquitto_sub_drain_msgs_per_s=drain_rate,
-                             mosquitto_sub_publish_msgs_per_s=publish_rate)
-        log(f"mosquitto_sub -q 1 -C {n:,}: live {live_rate:,.0f} msg/s (publishers {publish_rate:,.0f} msg/s); "
+                             mosquitto_sub_publish_msgs_per_s=publish_rate, mosquitto_sub_live_steal_pct=live_steal)
+        log(f"mosquitto_sub -q 1 -C {n:,}: live {live_rate:,.0f} msg/s (publishers {publish_rate:,.0f} msg/s, "
+            f"steal {live_steal:.0f} % of a core); "
             f"draining a queued session {drain_rate:,.0f} msg/s")
         return phase
 
@@ -690,13 +708,15 @@ class Bench:
         span = b["_t"] - a["_t"]
         split: dict[str, float] = {}
         for name in b:
-            if name in ("_t", BUSY) or name not in a or b[name] < a[name]:  # absent, or exited in between
+            if name in ("_t", BUSY, STEAL) or name not in a or b[name] < a[name]:  # absent, or exited in between
                 continue
             key = "publishers" if name.startswith("publisher") else name
             split[key] = split.get(key, 0.0) + 100 * (b[name] - a[name]) / span
+        steal = 100 * (b[STEAL] - a[STEAL]) / span if STEAL in a and STEAL in b else 0.0
         if BUSY in a and BUSY in b:
             # whatever else ran on the machine meanwhile (kernel threads, other people's jobs): a warning sign
-            split["other"] = max(0.0, 100 * (b[BUSY] - a[BUSY]) / span - sum(split.values()))
+            split["other"] = max(0.0, 100 * (b[BUSY] - a[BUSY]) / span - steal - sum(split.values()))
+        split["steal"] = steal  # the hypervisor ran another guest on our cores: the machine was not quiet
         return split
 
     async def wait_committed(self, expected: float, timeout: float = 180.0) -> float:
@@ -855,9 +875,14 @@ class Bench:
                 / max(1.0, stats_after["writes"] - stats_before["writes"]),
             )
         sent_after_t1 = probe_result["acked"] - min(probe_result["acked"], round((t1 - start_at) / PROBE_INTERVAL_S))
-        with (self.work / f"probes_{label}_{self.variant_name.replace('/', '_')}.csv").open("w") as out:
+        stem = f"{label}_{self.variant_name.replace('/', '_')}"
+        with (self.work / f"probes_{stem}.csv").open("w") as out:
             out.write("publish_time_s,publish_to_commit_ms\n")
             out.writelines(f"{ts:.3f},{1000 * lat:.1f}\n" for ts, lat in latencies)
+        stalls = await self.ingest_stalls(t1, t2)
+        (self.work / f"stalls_{stem}.json").write_text(json.dumps(stalls, indent=1))
+        phase.figures.update(ingest_stalls=len(stalls),
+                             ingest_worst_stall_ms=1000 * max((st["seconds"] for st in stalls), default=0.0))
         committed_rate = self.window_rate(samples, t1, t2)
         checkpoints = _delta(await self.checkpoints(), checkpoints)
         phase.figures.update(checkpoints=checkpoints,
@@ -875,6 +900,11 @@ class Bench:
             f"max {f['max_commit_ms']:.1f} ms over {len(measured)} probes (of ~{sent_after_t1} sent after the "
             f"warm-up); server checkpoints during the run: "
             f"{checkpoints}; CPU: {fmt_cpu(phase.cpu)}")
+        if stalls:  # the workers remember their latest 32 (occ.stalls.RECENT); an overloaded run has more
+            worst = sorted(stalls, key=lambda st: -st["seconds"])[:6]
+            log(f"({label}) ingest stalls of 50 ms or more in the window: {len(stalls)}; the longest: " + ", ".join(
+                f"{st['kind']} {1000 * st['seconds']:.0f} ms at +{st['at'] - start_at:.1f} s (worker {st['worker']})"
+                for st in worst))
         if "batches_per_s" in f:
             log(f"({label}) ingest batches: {f['batches_per_s']:,.0f}/s of {f['msgs_per_batch']:,.1f} messages, "
                 f"oldest message received→commit {f['receive_to_commit_mean_ms']:.1f} ms on average, "
@@ -1213,6 +1243,8 @@ class Bench:
                                    for name, phase in self.phases.items() if phase.cpu}
         others = [phase.cpu.get("other", 0.0) for phase in self.phases.values() if phase.cpu]
         result["other_load_pct_max"] = round(max(others)) if others else None
+        steals = [phase.cpu.get("steal", 0.0) for phase in self.phases.values() if phase.cpu]
+        result["steal_pct_max"] = round(max(steals)) if steals else None
         return result
 
 
@@ -1280,13 +1312,17 @@ def report(result: dict[str, Any]) -> str:
     lines.append(f"    receive path alone (bench.receive, CPU of one process): native "
                  f"{r['receive_native_cpu_us_per_msg']} µs/msg, paho {r['receive_paho_cpu_us_per_msg']} µs/msg "
                  f"({r['receive_paho_vs_native_cpu']}×)")
-    lines += ["", "  CPU, % of one core, over each measured window ('other': whatever else ran on the machine):"]
+    lines += ["", "  CPU, % of one core, over each measured window ('other': whatever else ran on the machine; "
+                  "'steal': time the hypervisor gave these cores to another guest):"]
     for name, split in r["cpu_split_pct"].items():
         ordered = sorted(split.items(), key=lambda kv: -kv[1])
         lines.append(f"    {name:<22} " + ", ".join(f"{k} {v}" for k, v in ordered))
     if (r["other_load_pct_max"] or 0) >= OTHER_LOAD_WARN_PCT:
         lines += ["", f"  WARNING: up to {r['other_load_pct_max']} % of a core was used by other work on this machine "
                       "during a measured window: the figures of that run are not representative; run it again."]
+    if (r.get("steal_pct_max") or 0) >= OTHER_LOAD_WARN_PCT:
+        lines += ["", f"  WARNING: the hypervisor took up to {r['steal_pct_max']} % of a core from this machine "
+                      "(steal) during a measured window: rates and ratios of that run are depressed by a shared host."]
     return "\n".join(lines)
 
 

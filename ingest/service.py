@@ -71,6 +71,7 @@ from occ.metrics import Registry
 from occ.models import DeadLetter, Decoded, Event, ReadingRow, RejectCode, StatusChange
 from occ.mqtt.protocol import Publish
 from occ.mqtt.transport import MqttSubscriber
+from occ.stalls import StallWatch, watch_loop
 from occ.store import Store, WriteResult
 
 log = logging.getLogger(__name__)
@@ -255,6 +256,8 @@ class IngestService:
         self.failed = asyncio.Event()
         """Set when a supervised task crashed: the worker must exit non-zero (see `run`)."""
         self.metrics = IngestMetrics(self)
+        self.stalls = StallWatch(self.metrics.registry, "occ_ingest")
+        self._unhook_gc: Callable[[], None] | None = None
         self.started = asyncio.Event()
 
     @classmethod
@@ -318,6 +321,8 @@ class IngestService:
         for i in range(self.writers):
             self._supervise(self._write_loop(), f"write-{i}")
         self._supervise(self._housekeeping_loop(), "housekeeping")
+        self._supervise(watch_loop(self.stalls), "stall-watch")
+        self._unhook_gc = self.stalls.install_gc()
         await self.bus.start(wait=True, timeout=60)
         if self.bus.task is not None:
             self._watch(self.bus.task, "mqtt")
@@ -419,6 +424,9 @@ class IngestService:
 
     async def _shutdown(self) -> None:
         self._stopping = True
+        if self._unhook_gc is not None:
+            self._unhook_gc()
+            self._unhook_gc = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -452,6 +460,7 @@ class IngestService:
             "draining": self.draining,
             "crashed": None if self.failure is None else type(self.failure).__name__,
             "store_mode": self.store.mode if self.store else None,
+            **self.stalls.summary(),
         }
 
     # -- carrying out the flow's actions ------------------------------------------------------------
