@@ -316,14 +316,16 @@ def publisher_command(
     nodelay: bool = False,
     seed: int = 0,
     credit: int | None = None,
+    nice: int = 0,
 ) -> list[str]:
-    """argv of one publisher process (`credit`: read credits from stdin, starting with this many)."""
+    """argv of one publisher process (`credit`: read credits from stdin, starting with this many; `nice`: yield
+    the CPU to the system under test, see bench.ingest.PUBLISHER_NICE)."""
     return [sys.executable, "-m", "bench.common", "publish", "--url", url, "--shape", shape,
             "--client-id", client_id, "--id-prefix", id_prefix, "--devices", str(devices),
             "--topic-prefix", topic_prefix, "--base-ms", str(base_ms), "--count", str(count),
             "--duration", str(duration), "--rate", str(rate), "--start-at", repr(start_at),
             "--seed", str(seed)] + (["--nodelay"] if nodelay else []) + (
-            ["--credit", str(credit)] if credit is not None else [])
+            ["--credit", str(credit)] if credit is not None else []) + (["--nice", str(nice)] if nice else [])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -493,7 +495,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--nodelay", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--credit", type=int, help="read cumulative send credits from stdin, starting with this many")
+    p.add_argument("--nice", type=int, default=0, help="lower this publisher's scheduling priority by this much")
     args = parser.parse_args(argv)
+    if args.nice:
+        os.nice(args.nice)
     base_ms = args.base_ms or int(time.time() * 1000) - 300_000
     maker = PayloadMaker(args.shape, device_ids(args.id_prefix, args.devices), prefix=args.topic_prefix,
                          base_ms=base_ms, seed=args.seed)

@@ -78,6 +78,12 @@ BACKLOG_MESSAGES = 80_000
 FOREIGN_LOAD = ("import sys, time\nd = float(sys.argv[1])\nwhile True:\n    t = time.perf_counter()\n"
                 "    while time.perf_counter() - t < 0.01 * d:\n        pass\n    time.sleep(0.01 * (1 - d))\n")
 OTHER_LOAD_WARN_PCT = 25  # % of a core used by other work during a window that makes the run suspect
+PUBLISHER_NICE = 10
+"""Publishers at maximum rate run at this lower priority. Devices are not on the ingest's machine, but here the
+load generator shares its two cores, and the scheduler gives each runnable process an equal share: two Python
+publishers took two shares from the system under test (one worker, same run: 42-47k msg/s at equal priority,
+49-59k niced). The C tool's limit is taken over both arrangements (`mosquitto_sub`), so the ratio's
+denominator is the best the C tool did, not the arrangement that suits the ingest."""
 CPU_MARK_EARLY_S = 0.6  # the second CPU snapshot is taken this long before the publishers stop
 PHASES = ("receive", "copy", "sub", "single", "batched", "latency", "baseline", "backfill")
 TARGETS = {  # on 2 cores (the issue's words)
@@ -514,7 +520,8 @@ class Bench:
     # -- publishers -------------------------------------------------------------------------------------
     async def spawn_publishers(self, shape: str, *, prefix: str = "occ/v1", count: int = 0, duration: float = 0.0,
                                rate: float = 0.0, base_ms: int = 0, start_in: float = 1.0, tag: str = "",
-                               backlog: int | None = None) -> tuple[list[asyncio.subprocess.Process], float]:
+                               backlog: int | None = None, nice: int = 0,
+                               ) -> tuple[list[asyncio.subprocess.Process], float]:
         """Start the publisher processes; they start sending together at the returned wall-clock time.
         With `backlog`, they send only as far as `grant()` allows (see `bench.common.publish`)."""
         start_at = time.time() + start_in
@@ -526,7 +533,7 @@ class Bench:
                                      id_prefix=f"BENCH-P{i}", devices=self.o.devices, topic_prefix=prefix,
                                      base_ms=base_ms, count=share, duration=duration, rate=rate / n,
                                      start_at=start_at, seed=i,
-                                     credit=None if backlog is None else backlog // n)
+                                     credit=None if backlog is None else backlog // n, nice=nice)
             processes.append(await asyncio.create_subprocess_exec(
                 *argv, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 stdin=subprocess.PIPE if backlog is not None else subprocess.DEVNULL))
@@ -627,18 +634,22 @@ class Bench:
                 raise RuntimeError(f"mosquitto_sub {' '.join(args)} failed: {err.decode().strip()}")
             return time.time()
 
-        # (1) live
-        steal0, wall0 = machine_steal_s(), time.time()
-        live = asyncio.create_task(run_sub("-C", str(n), "-W", "300", "-t", "bench/csub/#",
-                                           "-i", f"bench-csub-{self.run_id}"))
-        await asyncio.sleep(1.0)  # let it subscribe
-        publishers, _ = await self.spawn_publishers("single", prefix="bench/csub", count=n, tag="csub-")
-        done = await live
-        results = await self.collect(publishers)
-        started = min(r["started"] for r in results)
-        live_rate = n / (done - started)
-        live_steal = 100 * (machine_steal_s() - steal0) / (time.time() - wall0)
-        publish_rate = n / (max(r["acked_done"] for r in results) - started)
+        # (1) live, with the publishers at the ingest runs' priority and at the same priority as the C tool:
+        # the better of the two is its limit
+        live: dict[int, tuple[float, float, float]] = {}  # nice -> (receive rate, publish rate, steal %)
+        for nice in (PUBLISHER_NICE, 0):
+            steal0, wall0 = machine_steal_s(), time.time()
+            receiving = asyncio.create_task(run_sub("-C", str(n), "-W", "300", "-t", "bench/csub/#",
+                                                    "-i", f"bench-csub-{self.run_id}"))
+            await asyncio.sleep(1.0)  # let it subscribe
+            publishers, _ = await self.spawn_publishers("single", prefix="bench/csub", count=n, tag="csub-",
+                                                        nice=nice)
+            done = await receiving
+            results = await self.collect(publishers)
+            started = min(r["started"] for r in results)
+            live[nice] = (n / (done - started), n / (max(r["acked_done"] for r in results) - started),
+                          100 * (machine_steal_s() - steal0) / (time.time() - wall0))
+        live_rate, publish_rate, live_steal = max(live.values())
         # (2) drain a queue
         client = f"bench-csubq-{self.run_id}"
         await run_sub("-c", "-i", client, "-t", "bench/csubq/#", "-E")  # persistent session, subscribed
@@ -650,9 +661,11 @@ class Bench:
         await run_sub("-i", client, "-t", "bench/csubq/#", "-E")  # a clean session discards the persistent one
         phase.figures.update(mosquitto_sub_msgs_per_s=max(live_rate, drain_rate), mosquitto_sub_live_msgs_per_s=
                              live_rate, mosquitto_sub_drain_msgs_per_s=drain_rate,
-                             mosquitto_sub_publish_msgs_per_s=publish_rate, mosquitto_sub_live_steal_pct=live_steal)
-        log(f"mosquitto_sub -q 1 -C {n:,}: live {live_rate:,.0f} msg/s (publishers {publish_rate:,.0f} msg/s, "
-            f"steal {live_steal:.0f} % of a core); "
+                             mosquitto_sub_publish_msgs_per_s=publish_rate, mosquitto_sub_live_steal_pct=live_steal,
+                             **{f"mosquitto_sub_live_nice{nice}_msgs_per_s": v[0] for nice, v in live.items()})
+        log(f"mosquitto_sub -q 1 -C {n:,}: live " + "; ".join(
+            f"{rate:,.0f} msg/s with publishers at nice {nice} ({sent:,.0f} msg/s published, steal {steal:.0f} % "
+            f"of a core)" for nice, (rate, sent, steal) in live.items()) + "; "
             f"draining a queued session {drain_rate:,.0f} msg/s")
         return phase
 
@@ -747,7 +760,8 @@ class Bench:
         before, acked_before = await self.ingest_counters()
         checkpoints = await self.checkpoints()
         backlog = BACKLOG_MESSAGES
-        publishers, start_at = await self.spawn_publishers(shape, duration=self.o.duration, backlog=backlog)
+        publishers, start_at = await self.spawn_publishers(shape, duration=self.o.duration, backlog=backlog,
+                                                           nice=PUBLISHER_NICE)
         t1, t2 = start_at + self.o.warmup, start_at + self.o.duration
         marks: dict[float, dict[str, float]] = {t1: {}, t2 - CPU_MARK_EARLY_S: {}}  # publishers still alive
         samples: list[Sample] = []

@@ -7,11 +7,14 @@ import contextlib
 import gc
 import logging
 import time
+from datetime import datetime
+from typing import Any
 
 import pytest
 
 from ingest.service import IngestService
 from occ.metrics import Registry
+from occ.models import Decoded, Device
 from occ.stalls import RECENT, STALL_NOTE_S, STALL_WARN_S, StallWatch, watch_loop
 
 
@@ -126,3 +129,48 @@ async def test_ingest_reports_its_stalls_in_health_and_metrics() -> None:
     for name in ("occ_ingest_event_loop_lag_seconds_bucket", "occ_ingest_gc_pause_seconds_count",
                  "occ_ingest_gc_seconds_total"):
         assert name in rendered
+
+
+async def test_ingest_decodes_a_large_batch_in_slices_and_lets_the_loop_run_between_them() -> None:
+    # A writer whose database answered must not wait for a whole batch's decoding (~25 ms for 5,000 messages).
+    from ingest.flow import Flush
+    from ingest.service import DECODE_SLICE, Inbound
+
+    service = IngestService(mqtt_url="mqtt://127.0.0.1:1", database_url="postgresql://127.0.0.1:1/x", http_port=None)
+    service.decoder.set_devices({"H-1": Device(id="H-1", kind="hydromet", name="H-1")})
+    count = DECODE_SLICE * 3 + 1
+    messages = [Inbound("occ/v1/hydromet/H-1/telemetry", b'{"values":{"rain_mm":1}}', time.time(), i)
+                for i in range(count)]
+    decoded_before: list[int] = []  # the ticker's count when each message was decoded
+    real = service.decoder
+
+    class CountingDecoder:
+        def decode(self, topic: str, payload: bytes, now: datetime) -> Decoded:
+            decoded_before.append(ticks)
+            return real.decode(topic, payload, now)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+    service.decoder = CountingDecoder()  # type: ignore[assignment]
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticking = asyncio.create_task(ticker())
+    decoding = asyncio.create_task(service._decode_loop())
+    service._decodes.put_nowait(Flush(1, messages))
+    write = await asyncio.wait_for(service._writes.get(), 5)
+    for task in (ticking, decoding):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert write.seq == 1 and len(service._batches[1].messages) == count
+    # the other task ran between the slices, and never inside one
+    assert len(set(decoded_before)) == 4
+    assert [len([t for t in decoded_before if t == v]) for v in sorted(set(decoded_before))] == [
+        DECODE_SLICE, DECODE_SLICE, DECODE_SLICE, 1]
