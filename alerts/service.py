@@ -53,6 +53,7 @@ from occ.http import start_health_server
 from occ.lifecycle import unless_stopped
 from occ.metrics import Registry
 from occ.mqtt.transport import MqttSubscriber, Publish
+from occ.stalls import StallWatch, watch_loop
 from occ.store import Store
 from occ.store.alerts import EpisodeWrite, IncidentWrite
 from occ.topics import alert_topic, alerts_reload_topic, incident_topic
@@ -201,6 +202,8 @@ class AlertsService:
         self._registry_version: Any = None
         self._reload_requested = False
         self.metrics = AlertsMetrics(self)
+        self.stalls = StallWatch(self.metrics.registry, "occ_alerts")
+        self._unhook_gc: Callable[[], None] | None = None
         self.started = asyncio.Event()
         self.failed: BaseException | None = None
 
@@ -290,7 +293,9 @@ class AlertsService:
         self._tasks = [
             asyncio.create_task(self._step_loop(), name="alerts-step"),
             asyncio.create_task(self.notifier.run(), name="alerts-notify"),
+            asyncio.create_task(watch_loop(self.stalls), name="alerts-stall-watch"),
         ]
+        self._unhook_gc = self.stalls.install_gc()
         for task in self._tasks:
             task.add_done_callback(self._task_done)
         self.started.set()
@@ -339,6 +344,9 @@ class AlertsService:
             return result
 
     async def stop(self) -> None:
+        if self._unhook_gc is not None:
+            self._unhook_gc()
+            self._unhook_gc = None
         if self.bus:
             self.bus.pause_reading()
         for task in self._tasks:
@@ -382,6 +390,7 @@ class AlertsService:
             "database_up": self.database_up, "unacked": self.unacked, "rules": len(self.rules.rules),
             "open_episodes": len(self.engine.open_fingerprints()) if self.engine else 0,
             "failed": repr(self.failed) if self.failed else None,
+            **self.stalls.summary(),
         }
 
     def request_reload(self) -> None:

@@ -1228,6 +1228,8 @@ class Bench:
                     "latency_at_msgs_per_s": fig(f"latency{v}", "offered_msgs_per_s"),
                     "p50_commit_ms": fig(f"latency{v}", "p50_commit_ms", 1),
                     "p99_commit_ms": fig(f"latency{v}", "p99_commit_ms", 1),
+                    "latency_steal_pct": round(p[f"latency{v}"].cpu.get("steal", 0.0)) if f"latency{v}" in p
+                    else None,
                     "single_vs_mosquitto_sub_live": ratio(a, sub_live),
                     "batched_vs_psql_copy_pk": ratio(b, copy_pk),
                 }
@@ -1315,11 +1317,13 @@ def report(result: dict[str, Any]) -> str:
     for label, value, target, key in rows:
         lines.append(f"  {label:<46} {value:>24}   {target:<38} {verdict(key)}")
     lines += ["", "  receive path / workers: (a) msg/s, ingest CPU µs/msg | (b) readings/s, µs/reading | "
-                  "sustained (a), p50/p99 ms at half of it | (a)/mosquitto_sub live, (b)/psql+pk"]
+                  "sustained (a), p50/p99 ms at half of it (steal, % of a core) | (a)/mosquitto_sub live, "
+                  "(b)/psql+pk"]
     for name, v in r["variants"].items():
         lines.append(f"    {name:<10} {num(v['single_msgs_per_s'], 'msg/s'):>12}, {v['ingest_cpu_us_per_msg']} µs | "
                      f"{num(v['batched_readings_per_s'], 'r/s'):>12}, {v['ingest_cpu_us_per_reading']} µs | "
-                     f"{num(v['sustained_msgs_per_s'], 'msg/s')}, {v['p50_commit_ms']}/{v['p99_commit_ms']} ms | "
+                     f"{num(v['sustained_msgs_per_s'], 'msg/s')}, {v['p50_commit_ms']}/{v['p99_commit_ms']} ms "
+                     f"({v.get('latency_steal_pct')}) | "
                      f"{v['single_vs_mosquitto_sub_live']}, {v['batched_vs_psql_copy_pk']}")
     lines.append(f"    paho / native CPU per message: {r['paho_vs_native_cpu_per_msg']}×, per reading: "
                  f"{r['paho_vs_native_cpu_per_reading']}× (same run)")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -18,6 +20,7 @@ from occ.config import Config
 from occ.errors import ServiceError
 from occ.lifecycle import unless_stopped
 from occ.metrics import Registry
+from occ.stalls import StallWatch, watch_loop
 from occ.store import Store
 from web import api
 from web.auth import LoginLimiter
@@ -98,6 +101,9 @@ class WebService:
         self.bound_port: int | None = None
         self.gateway: LiveGateway | None = None
         self.app: web.Application | None = None
+        self.stalls: StallWatch | None = None
+        self._stall_task: asyncio.Task[None] | None = None
+        self._unhook_gc: Callable[[], None] | None = None
         self.started = time.monotonic()
 
     async def build(self) -> web.Application:
@@ -110,6 +116,7 @@ class WebService:
             self.store = await Store.connect(db.url, pool_size=db.pool_size, migrate=False,
                                              timescaledb=db.timescaledb, timezone=config.site.timezone)
         registry = Registry()
+        self.stalls = StallWatch(registry, "occ_web")
         catalog_path = config.config_path / "metrics.yaml"
         catalog = Catalog.load(catalog_path) if catalog_path.exists() else Catalog.default()
         decoder = Decoder(catalog, {}, prefix=config.mqtt.topic_prefix, local_tz=config.site.timezone)
@@ -156,14 +163,28 @@ class WebService:
             raise ServiceError(f"web cannot listen on {w.host}:{self.port}: {exc.strerror or exc}") from None
         server: Any = site._server
         self.bound_port = int(server.sockets[0].getsockname()[1]) if server and server.sockets else self.port
+        if self.stalls is not None:
+            self._stall_task = asyncio.create_task(watch_loop(self.stalls), name="web-stall-watch")
+            self._unhook_gc = self.stalls.install_gc()
         log.info("web on http://%s:%d", w.host, self.bound_port)
 
     def health(self) -> dict[str, Any]:
         gateway = self.gateway
         ok = gateway is not None and gateway.healthy
-        return {"ok": ok, "mqtt": gateway.connected if gateway else False}
+        # the stall watch only sleeps and counts; if it ended anyway, something is wrong with this process
+        ok = ok and (self._stall_task is None or not self._stall_task.done())
+        return {"ok": ok, "mqtt": gateway.connected if gateway else False,
+                **(self.stalls.summary() if self.stalls else {})}
 
     async def stop(self) -> None:
+        if self._unhook_gc is not None:
+            self._unhook_gc()
+            self._unhook_gc = None
+        if self._stall_task is not None:
+            self._stall_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._stall_task
+            self._stall_task = None
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None

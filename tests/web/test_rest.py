@@ -173,7 +173,9 @@ async def test_openapi_matches_the_router(client: Client) -> None:
 async def test_metrics_and_json_404(client: Client) -> None:
     await login(client, "viewer")
     metrics = await client.get("/metrics")
-    assert metrics.status == 200 and "occ_web_ws_clients" in await metrics.text()
+    text = await metrics.text()
+    assert metrics.status == 200 and "occ_web_ws_clients" in text
+    assert "occ_web_event_loop_lag_seconds_count" in text and "occ_web_gc_pause_seconds_count" in text
     unknown = await client.get("/api/nothing-here")
     assert unknown.status in (401, 404)
 
