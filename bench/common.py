@@ -398,9 +398,8 @@ STEAL = "_steal"  # key of the CPU seconds the hypervisor gave this VM's cores t
 
 def machine_busy_s() -> float:
     """CPU seconds the whole machine has been busy (all cores; /proc/stat, idle and iowait excluded)."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
+    fields = _cpu_ticks()
+    if len(fields) < 8:
         return 0.0
     return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK  # user nice system idle iowait irq softirq steal
 
@@ -409,10 +408,16 @@ def machine_steal_s() -> float:
     """CPU seconds stolen from this virtual machine's cores (/proc/stat `steal`): time the cores wanted to run
     and the hypervisor ran another guest instead. On a shared host it was up to 14 % of the machine under the
     benchmark's load and ~0 when idle, so it depresses every rate of a loaded run and is reported apart."""
+    fields = _cpu_ticks()
+    return fields[7] / CLK_TCK if len(fields) >= 8 else 0.0
+
+
+def _cpu_ticks() -> list[int]:
+    """The machine's CPU time by state, in clock ticks (/proc/stat's first line); [] when unreadable."""
     try:
-        return int(Path("/proc/stat").read_text().split("\n", 1)[0].split()[8]) / CLK_TCK
-    except (OSError, ValueError, IndexError):
-        return 0.0
+        return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return []
 
 
 def status_kb(pid: int, field: str) -> int | None:

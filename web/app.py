@@ -173,8 +173,7 @@ class WebService:
         ok = gateway is not None and gateway.healthy
         # the stall watch only sleeps and counts; if it ended anyway, something is wrong with this process
         ok = ok and (self._stall_task is None or not self._stall_task.done())
-        return {"ok": ok, "mqtt": gateway.connected if gateway else False,
-                **(self.stalls.summary() if self.stalls else {})}
+        return {"ok": ok, "mqtt": gateway.connected if gateway else False}
 
     async def stop(self) -> None:
         if self._unhook_gc is not None:
